@@ -1,0 +1,100 @@
+"""Layers whose lowering matters for meta-learning.
+
+How a convolution is lowered is chosen here, in one place: under ``jax.vmap`` over tasks with
+per-task weights (MAML's inner loop), ``lax.conv_general_dilated`` becomes a grouped convolution,
+which XLA's CPU backend runs very slowly. ``conv_impl='im2col'`` writes the 3x3 convolution as nine
+strided slices concatenated on the channel axis and one matrix product, whose vmapped form is a
+batched matrix product. Both give the same values and gradients (tests/test_models.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ConvImpl = Literal["xla", "im2col"]
+Initializer = Callable[..., jax.Array]
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 1,
+           impl: ConvImpl = "xla") -> jax.Array:
+    """2-D convolution of NHWC ``x [n, H, W, Cin]`` with ``kernel [kh, kw, Cin, Cout]``.
+
+    Zero padding of ``padding`` on every side (as PyTorch's ``padding=1``, not flax's ``'SAME'``,
+    which pads stride-2 convolutions of even sizes as (0, 1)).
+    """
+    if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
+        raise ValueError(f"conv2d needs x [n, H, W, Cin] and kernel [kh, kw, Cin, Cout], got "
+                         f"{x.shape} and {kernel.shape}")
+    if impl == "xla":
+        return jax.lax.conv_general_dilated(
+            x, kernel, window_strides=(stride, stride),
+            padding=((padding, padding), (padding, padding)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if impl == "im2col":
+        kh, kw, cin, cout = kernel.shape
+        xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+        n, hp, wp, _ = xp.shape
+        ho = (hp - kh) // stride + 1
+        wo = (wp - kw) // stride + 1
+        cols = [jax.lax.slice(xp, (0, i, j, 0),
+                              (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, cin),
+                              (1, stride, stride, 1))
+                for i in range(kh) for j in range(kw)]
+        patches = jnp.concatenate(cols, axis=-1)  # [n, ho, wo, kh*kw*cin], (i, j, c) order
+        return jnp.einsum("nhwk,ko->nhwo", patches, kernel.reshape(kh * kw * cin, cout))
+    raise ValueError(f"unknown conv impl {impl!r}; use 'xla' or 'im2col'")
+
+
+class Conv(nn.Module):
+    """A square convolution with explicit symmetric padding and a selectable lowering."""
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: int = 1
+    use_bias: bool = True
+    impl: ConvImpl = "xla"
+    kernel_init: Initializer = nn.initializers.xavier_uniform()
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
+                            self.dtype or x.dtype)
+        y = conv2d(x, kernel.astype(x.dtype), stride=self.stride, padding=self.padding,
+                   impl=self.impl)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,),
+                               self.dtype or x.dtype).astype(x.dtype)
+        return y
+
+
+class BatchStatNorm(nn.Module):
+    """BatchNorm that always normalises with the statistics of the batch at hand.
+
+    As in MAML: no running averages, so the layer is a pure function of its input and its learnable
+    scale and shift (which the inner loop adapts). Statistics are over every axis but the last.
+    """
+
+    epsilon: float = 1e-5
+    scale_init: Initializer = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        axes = tuple(range(x.ndim - 1))
+        mean = x.mean(axes)
+        var = jnp.square(x - mean).mean(axes)
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        scale = self.param("scale", self.scale_init, (x.shape[-1],), x.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), x.dtype)
+        return y * scale + bias
+
+
+def max_pool2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool with stride 2, floor mode (PyTorch's default)."""
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
