@@ -1,0 +1,594 @@
+"""Image augmentations as key-first pure functions on one ``[H, W, C]`` float image.
+
+Conventions (those of dm-pix, which this module wraps where it already does the job):
+
+- One example per call; batch with ``jax.vmap``. Images are float arrays in ``[0, 1]``; outputs keep
+  the dtype and shape of the input and are never clipped, so transforms chain.
+- Deterministic and random versions come in pairs: ``flip_left_right(image)`` and
+  ``random_flip_left_right(key, image, *, probability=0.5)``. A random transform takes the key
+  first, the image second and everything else keyword-only; every one has a ``probability`` of
+  being applied at all (``0`` is the identity, ``1`` always applies) decided with ``lax.cond``.
+- Sizes that shape arrays (``padding``, blur ``radius``, output ``size``) are static Python ints;
+  magnitudes, probabilities and fill values may be traced.
+- Geometry: rows go down, columns go right; a positive angle rotates counter-clockwise as the image
+  is displayed (as ``np.rot90`` and ``scipy.ndimage.rotate`` do); the centre of an ``H x W`` image
+  is ``((H - 1) / 2, (W - 1) / 2)``.
+
+What comes from dm-pix (``dm_pix``): flips, ``rot90``, the bilinear sampler of the warps and
+of the resized crop (``dm_pix.flat_nd_linear_interpolate``), the random crop, brightness /
+contrast / saturation / hue, the separable Gaussian kernel of the blur and elastic deformation.
+Written here because dm-pix has no equivalent: one affine warp from rotation / translation / scale
+/ shear parameters in degrees and pixels (dm-pix's ``affine_transform`` takes a matrix and sends
+edge pixels of a 90-degree turn to the fill through float rounding), pad-and-crop, random resized
+crop, cutout and random erasing (as masks, so traced sizes need no dynamic shapes), reflect-padded
+blur, Gaussian noise, and a ``probability`` on every random transform.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Numeric = float | jax.Array
+
+__all__ = [
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
+    "affine",
+    "erase",
+    "flip_left_right",
+    "flip_up_down",
+    "gaussian_blur",
+    "pad_and_crop",
+    "random_affine",
+    "random_brightness",
+    "random_contrast",
+    "random_crop_with_padding",
+    "random_cutout",
+    "random_elastic",
+    "random_erasing",
+    "random_flip_left_right",
+    "random_flip_up_down",
+    "random_gaussian_blur",
+    "random_gaussian_noise",
+    "random_hue",
+    "random_resized_crop",
+    "random_rot90",
+    "random_rotate",
+    "random_saturation",
+    "random_scale",
+    "random_shear",
+    "random_translate",
+    "resized_crop",
+    "rot90",
+    "rotate",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks and the shared "apply with probability" helper.
+
+def _check_image(image: jax.Array, where: str) -> None:
+    if image.ndim != 3:
+        raise ValueError(f"{where}: expected one image [H, W, C], got shape {image.shape}")
+    if not jnp.issubdtype(image.dtype, jnp.floating):
+        raise ValueError(f"{where}: expected a float image in [0, 1], got dtype {image.dtype} "
+                         "(convert uint8 with episodes.to_float)")
+
+
+def _check_static_range(where: str, name: str, value, low: float, high: float) -> None:
+    """Checks Python numbers only: traced values cannot be checked without a host round trip."""
+    if isinstance(value, (int, float)) and not low <= value <= high:
+        raise ValueError(f"{where}: {name} must be in [{low}, {high}], got {value!r}")
+
+
+def _check_static_order(where: str, low_name: str, low, high_name: str, high) -> None:
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
+        raise ValueError(f"{where}: {low_name}={low!r} is more than {high_name}={high!r}")
+
+
+def _maybe(key: jax.Array, image: jax.Array, probability: Numeric,
+           apply: Callable[[jax.Array, jax.Array], jax.Array], where: str) -> jax.Array:
+    """``apply(key2, image)`` with the given probability, else ``image``; dtype is kept."""
+    _check_image(image, where)
+    _check_static_range(where, "probability", probability, 0.0, 1.0)
+    k_apply, k_params = jax.random.split(key)
+    do = jax.random.bernoulli(k_apply, probability)
+    return lax.cond(do, lambda im: apply(k_params, im).astype(im.dtype), lambda im: im, image)
+
+
+def _uniform(key: jax.Array, low: Numeric, high: Numeric) -> jax.Array:
+    return jax.random.uniform(key, (), jnp.float32, low, high)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flips and quarter turns (dm-pix).
+
+def flip_left_right(image: jax.Array) -> jax.Array:
+    """Mirrors ``[H, W, C]`` along the width (``dm_pix.flip_left_right``)."""
+    _check_image(image, "flip_left_right")
+    return pix.flip_left_right(image)
+
+
+def flip_up_down(image: jax.Array) -> jax.Array:
+    """Mirrors ``[H, W, C]`` along the height (``dm_pix.flip_up_down``)."""
+    _check_image(image, "flip_up_down")
+    return pix.flip_up_down(image)
+
+
+def rot90(image: jax.Array, k: int = 1) -> jax.Array:
+    """Rotates ``[H, W, C]`` by ``k`` (static) quarter turns counter-clockwise (``dm_pix.rot90``).
+
+    Non-square images come back as ``[W, H, C]`` for odd ``k``.
+    """
+    _check_image(image, "rot90")
+    return pix.rot90(image, k)
+
+
+def random_flip_left_right(key: jax.Array, image: jax.Array, *,
+                           probability: Numeric = 0.5) -> jax.Array:
+    """:func:`flip_left_right` with the given probability."""
+    return _maybe(key, image, probability, lambda k, im: pix.flip_left_right(im),
+                  "random_flip_left_right")
+
+
+def random_flip_up_down(key: jax.Array, image: jax.Array, *,
+                        probability: Numeric = 0.5) -> jax.Array:
+    """:func:`flip_up_down` with the given probability."""
+    return _maybe(key, image, probability, lambda k, im: pix.flip_up_down(im),
+                  "random_flip_up_down")
+
+
+def random_rot90(key: jax.Array, image: jax.Array, *, probability: Numeric = 0.75) -> jax.Array:
+    """With the given probability, 1, 2 or 3 quarter turns (uniformly); needs a square image.
+
+    The default ``probability=0.75`` makes the number of turns uniform over ``{0, 1, 2, 3}``.
+    """
+    if image.ndim == 3 and image.shape[0] != image.shape[1]:
+        raise ValueError(f"random_rot90: needs a square image [H, H, C], got {image.shape}")
+
+    def apply(k, im):
+        turns = jax.random.randint(k, (), 1, 4)
+        return lax.switch(turns - 1, [lambda x, t=t: pix.rot90(x, t) for t in (1, 2, 3)], im)
+
+    return _maybe(key, image, probability, apply, "random_rot90")
+
+
+# ----------------------------------------------------------------------------------------------
+# One affine warp: rotation, translation, scale and shear, bilinear, constant fill (dm-pix warp).
+
+def _inverse_affine(shape, degrees, translate, scale, shear) -> jax.Array:
+    """The ``[4, 4]`` homogeneous map from output ``(row, col, channel)`` to input coordinates.
+
+    The forward map is ``out = centre + t + R(degrees) @ diag(scale) @ Shear(shear) @ (in -
+    centre)`` on ``(row, col)``, with ``R = [[cos, -sin], [sin, cos]]`` (counter-clockwise as
+    displayed) and ``Shear = [[1, 0], [tan(shear), 1]]`` (columns shift in proportion to the row,
+    like torchvision's x-shear).
+    """
+    h, w = shape[0], shape[1]
+    theta = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
+    tan = jnp.tan(jnp.deg2rad(jnp.asarray(shear, jnp.float32)))
+    scale = jnp.asarray(scale, jnp.float32)
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    r_inv = jnp.array([[cos, sin], [-sin, cos]])
+    shear_inv = jnp.array([[1.0, 0.0], [-tan, 1.0]])
+    m = shear_inv @ r_inv / scale
+    centre = jnp.array([(h - 1) / 2.0, (w - 1) / 2.0], jnp.float32)
+    t = jnp.asarray(translate, jnp.float32).reshape(2)
+    offset = centre - m @ (centre + t)
+    full = jnp.eye(4, dtype=jnp.float32)
+    full = full.at[:2, :2].set(m)
+    full = full.at[:2, 3].set(offset)
+    return full
+
+
+def _warp(image: jax.Array, matrix: jax.Array, fill: Numeric) -> jax.Array:
+    """Samples ``image`` bilinearly at ``matrix @ (row, col, 1)``; ``fill`` outside ``[0, n - 1]``.
+
+    dm-pix's ``affine_transform(mode="constant")`` does the same but counts a coordinate that
+    rounding puts 1e-7 outside the border as outside (a 90-degree turn then loses its edge pixels
+    to the fill); here coordinates within 1e-4 of a whole pixel are snapped to it first.
+    """
+    h, w, c = image.shape
+    rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                              indexing="ij")
+    src_r = matrix[0, 0] * rows + matrix[0, 1] * cols + matrix[0, 3]
+    src_c = matrix[1, 0] * rows + matrix[1, 1] * cols + matrix[1, 3]
+    src_r, src_c = _snap(src_r), _snap(src_c)
+    inside = (src_r >= 0) & (src_r <= h - 1) & (src_c >= 0) & (src_c <= w - 1)
+    chan = jnp.arange(c, dtype=jnp.float32)
+    coords = jnp.stack(jnp.broadcast_arrays(src_r[..., None], src_c[..., None], chan))
+    sampled = pix.flat_nd_linear_interpolate(image, coords)
+    return jnp.where(inside[..., None], sampled, jnp.asarray(fill, image.dtype))
+
+
+def _snap(x: jax.Array, tol: float = 1e-4) -> jax.Array:
+    nearest = jnp.round(x)
+    return jnp.where(jnp.abs(x - nearest) < tol, nearest, x)
+
+
+def affine(image: jax.Array, *, degrees: Numeric = 0.0, translate=(0.0, 0.0),
+           scale: Numeric = 1.0, shear: Numeric = 0.0, fill: Numeric = 0.0) -> jax.Array:
+    """Rotates, translates, scales and shears ``[H, W, C]`` about its centre in one warp.
+
+    Args:
+      image: ``[H, W, C]`` float image.
+      degrees: counter-clockwise rotation.
+      translate: ``(rows, cols)`` shift in pixels (positive moves the content down / right).
+      scale: zoom factor (> 0; above 1 enlarges the content).
+      shear: shear angle in degrees (columns shift by ``tan(shear)`` per row below the centre).
+      fill: value of output pixels that map outside the input.
+
+    Returns:
+      ``[H, W, C]``, bilinear sampling (dm-pix's sampler) with ``fill`` outside, the same as
+      ``scipy.ndimage.affine_transform(order=1, mode="constant", cval=fill)``.
+    """
+    _check_image(image, "affine")
+    if isinstance(scale, (int, float)) and scale <= 0:
+        raise ValueError(f"affine: scale must be positive, got {scale!r}")
+    matrix = _inverse_affine(image.shape, degrees, translate, scale, shear)
+    out = _warp(image, matrix, fill)
+    return out.astype(image.dtype)
+
+
+def rotate(image: jax.Array, degrees: Numeric, *, fill: Numeric = 0.0) -> jax.Array:
+    """Rotates ``[H, W, C]`` counter-clockwise by ``degrees`` about its centre (bilinear)."""
+    return affine(image, degrees=degrees, fill=fill)
+
+
+def random_rotate(key: jax.Array, image: jax.Array, *, max_degrees: Numeric = 15.0,
+                  fill: Numeric = 0.0, probability: Numeric = 1.0) -> jax.Array:
+    """:func:`rotate` by an angle uniform in ``[-max_degrees, max_degrees]``."""
+    def apply(k, im):
+        return affine(im, degrees=_uniform(k, -max_degrees, max_degrees), fill=fill)
+    return _maybe(key, image, probability, apply, "random_rotate")
+
+
+def random_translate(key: jax.Array, image: jax.Array, *, max_pixels: Numeric = 2.0,
+                     fill: Numeric = 0.0, probability: Numeric = 1.0) -> jax.Array:
+    """:func:`affine` translation by ``(rows, cols)``, each uniform in ``[-max_pixels,
+    max_pixels]`` (sub-pixel shifts are bilinear)."""
+    def apply(k, im):
+        t = jax.random.uniform(k, (2,), jnp.float32, -max_pixels, max_pixels)
+        return affine(im, translate=t, fill=fill)
+    return _maybe(key, image, probability, apply, "random_translate")
+
+
+def random_scale(key: jax.Array, image: jax.Array, *, min_scale: Numeric = 0.9,
+                 max_scale: Numeric = 1.1, fill: Numeric = 0.0,
+                 probability: Numeric = 1.0) -> jax.Array:
+    """:func:`affine` zoom by a factor uniform in ``[min_scale, max_scale]``."""
+    _check_static_order("random_scale", "min_scale", min_scale, "max_scale", max_scale)
+    if isinstance(min_scale, (int, float)) and min_scale <= 0:
+        raise ValueError(f"random_scale: min_scale must be positive, got {min_scale!r}")
+
+    def apply(k, im):
+        return affine(im, scale=_uniform(k, min_scale, max_scale), fill=fill)
+    return _maybe(key, image, probability, apply, "random_scale")
+
+
+def random_shear(key: jax.Array, image: jax.Array, *, max_degrees: Numeric = 10.0,
+                 fill: Numeric = 0.0, probability: Numeric = 1.0) -> jax.Array:
+    """:func:`affine` shear by an angle uniform in ``[-max_degrees, max_degrees]``."""
+    _check_static_range("random_shear", "max_degrees", max_degrees, 0.0, 89.0)
+
+    def apply(k, im):
+        return affine(im, shear=_uniform(k, -max_degrees, max_degrees), fill=fill)
+    return _maybe(key, image, probability, apply, "random_shear")
+
+
+def random_affine(key: jax.Array, image: jax.Array, *, max_degrees: Numeric = 0.0,
+                  max_pixels: Numeric = 0.0, min_scale: Numeric = 1.0, max_scale: Numeric = 1.0,
+                  max_shear: Numeric = 0.0, fill: Numeric = 0.0,
+                  probability: Numeric = 1.0) -> jax.Array:
+    """Random rotation, translation, scale and shear in ONE warp (one interpolation, one blur).
+
+    Each parameter is uniform in its range, as in :func:`random_rotate`, :func:`random_translate`,
+    :func:`random_scale` and :func:`random_shear`; a zero range leaves that part out.
+    """
+    _check_static_order("random_affine", "min_scale", min_scale, "max_scale", max_scale)
+    _check_static_range("random_affine", "max_shear", max_shear, 0.0, 89.0)
+
+    def apply(k, im):
+        kd, kt, ks, kh = jax.random.split(k, 4)
+        return affine(im, degrees=_uniform(kd, -max_degrees, max_degrees),
+                      translate=jax.random.uniform(kt, (2,), jnp.float32, -max_pixels,
+                                                   max_pixels),
+                      scale=_uniform(ks, min_scale, max_scale),
+                      shear=_uniform(kh, -max_shear, max_shear), fill=fill)
+    return _maybe(key, image, probability, apply, "random_affine")
+
+
+# ----------------------------------------------------------------------------------------------
+# Crops.
+
+def pad_and_crop(image: jax.Array, *, padding: int, top, left, fill: Numeric = 0.0) -> jax.Array:
+    """Pads ``[H, W, C]`` by ``padding`` (static) pixels of ``fill`` on every side, then cuts the
+    ``[H, W, C]`` window whose corner is at ``(top, left)`` in the padded image (0 ..
+    ``2 * padding``; traced ints allowed)."""
+    _check_image(image, "pad_and_crop")
+    padded = _pad_constant(image, padding, fill)
+    h, w, c = image.shape
+    return lax.dynamic_slice(padded, (top, left, 0), (h, w, c))
+
+
+def _pad_constant(image, padding, fill):
+    if not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be a static int >= 0, got {padding!r}")
+    pad = ((padding, padding), (padding, padding), (0, 0))
+    return jnp.pad(image, pad, constant_values=jnp.asarray(fill, image.dtype))
+
+
+def random_crop_with_padding(key: jax.Array, image: jax.Array, *, padding: int = 4,
+                             fill: Numeric = 0.0, probability: Numeric = 1.0) -> jax.Array:
+    """The standard pad-and-crop (CIFAR's pad 4, random 32x32 crop): pads by ``padding`` (static)
+    pixels of ``fill`` and crops a random ``[H, W, C]`` window (``dm_pix.random_crop``)."""
+    def apply(k, im):
+        return pix.random_crop(k, _pad_constant(im, padding, fill), im.shape)
+    return _maybe(key, image, probability, apply, "random_crop_with_padding")
+
+
+def _static_size(size, image, where) -> tuple[int, int]:
+    if size is None:
+        return image.shape[0], image.shape[1]
+    if isinstance(size, int):
+        size = (size, size)
+    if (len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size)):
+        raise ValueError(f"{where}: size must be a static positive int or (height, width), "
+                         f"got {size!r}")
+    return tuple(size)
+
+
+def resized_crop(image: jax.Array, *, top: Numeric, left: Numeric, height: Numeric,
+                 width: Numeric, size: int | tuple[int, int] | None = None) -> jax.Array:
+    """Resamples the box ``[top, top + height) x [left, left + width)`` (in pixels, floats and
+    traced values allowed) to ``size`` (static; default the input's ``(H, W)``).
+
+    Pixel edges are aligned (as ``scipy.ndimage.zoom(grid_mode=True)`` and ``jax.image.resize``):
+    output pixel ``i`` samples input row ``top + (i + 0.5) * height / out_h - 0.5``, bilinearly,
+    with edge values beyond the border (``dm_pix.flat_nd_linear_interpolate``). No antialiasing.
+
+    Returns:
+      ``[out_h, out_w, C]``.
+    """
+    _check_image(image, "resized_crop")
+    out_h, out_w = _static_size(size, image, "resized_crop")
+    c = image.shape[2]
+    rows = top + (jnp.arange(out_h, dtype=jnp.float32) + 0.5) * (height / out_h) - 0.5
+    cols = left + (jnp.arange(out_w, dtype=jnp.float32) + 0.5) * (width / out_w) - 0.5
+    coords = jnp.stack(jnp.broadcast_arrays(rows[:, None, None], cols[None, :, None],
+                                            jnp.arange(c, dtype=jnp.float32)[None, None, :]))
+    coords = coords.astype(jnp.float32)
+    return pix.flat_nd_linear_interpolate(image, coords).astype(image.dtype)
+
+
+def random_resized_crop(key: jax.Array, image: jax.Array, *, min_scale: Numeric = 0.08,
+                        max_scale: Numeric = 1.0, min_ratio: Numeric = 3 / 4,
+                        max_ratio: Numeric = 4 / 3, size: int | tuple[int, int] | None = None,
+                        probability: Numeric = 1.0) -> jax.Array:
+    """Inception-style random resized crop (Szegedy et al. 2015; torchvision's
+    ``RandomResizedCrop``): a box of area ``scale * H * W`` with ``scale`` uniform in
+    ``[min_scale, max_scale]`` and aspect ratio ``width / height`` log-uniform in ``[min_ratio,
+    max_ratio]``, placed uniformly, resampled to ``size`` by :func:`resized_crop`.
+
+    Unlike torchvision, a box that does not fit is clipped to the image instead of redrawn (no
+    data-dependent loop). With ``probability < 1`` the output size must equal the input size.
+
+    Returns:
+      ``[out_h, out_w, C]`` (``size``, default the input's ``(H, W)``).
+    """
+    where = "random_resized_crop"
+    _check_image(image, where)
+    out_hw = _static_size(size, image, where)
+    _check_static_order(where, "min_scale", min_scale, "max_scale", max_scale)
+    _check_static_order(where, "min_ratio", min_ratio, "max_ratio", max_ratio)
+    _check_static_range(where, "min_scale", min_scale, 0.0, 1.0)
+    _check_static_range(where, "max_scale", max_scale, 0.0, 1.0)
+    h, w = image.shape[0], image.shape[1]
+
+    def apply(k, im):
+        ks, kr, kt, kl = jax.random.split(k, 4)
+        area = _uniform(ks, min_scale, max_scale) * (h * w)
+        ratio = jnp.exp(_uniform(kr, jnp.log(min_ratio), jnp.log(max_ratio)))
+        bh = jnp.clip(jnp.sqrt(area / ratio), 1.0, h)
+        bw = jnp.clip(jnp.sqrt(area * ratio), 1.0, w)
+        top = _uniform(kt, 0.0, 1.0) * (h - bh)
+        left = _uniform(kl, 0.0, 1.0) * (w - bw)
+        return resized_crop(im, top=top, left=left, height=bh, width=bw, size=out_hw)
+
+    if out_hw != (h, w):
+        if not (isinstance(probability, (int, float)) and probability == 1):
+            raise ValueError(f"{where}: size={out_hw} differs from the input (H, W)={(h, w)}, "
+                             f"which needs probability=1, got {probability!r}")
+        k_params = jax.random.split(key)[1]
+        return apply(k_params, image)
+    return _maybe(key, image, probability, apply, where)
+
+
+# ----------------------------------------------------------------------------------------------
+# Colour (dm-pix).
+
+def adjust_brightness(image: jax.Array, delta: Numeric) -> jax.Array:
+    """Adds ``delta`` to every pixel (``dm_pix.adjust_brightness``, as ``tf.image``)."""
+    _check_image(image, "adjust_brightness")
+    return pix.adjust_brightness(image, delta).astype(image.dtype)
+
+
+def adjust_contrast(image: jax.Array, factor: Numeric) -> jax.Array:
+    """``factor * (image - mean) + mean`` with the per-channel spatial mean
+    (``dm_pix.adjust_contrast``, as ``tf.image.adjust_contrast``)."""
+    _check_image(image, "adjust_contrast")
+    return pix.adjust_contrast(image, factor).astype(image.dtype)
+
+
+def adjust_saturation(image: jax.Array, factor: Numeric) -> jax.Array:
+    """Multiplies the HSV saturation by ``factor`` (clipped to [0, 1]) (``dm_pix``).
+
+    A one-channel (grey) image has no saturation and is returned unchanged; other channel counts
+    than 1 and 3 are a ``ValueError``.
+    """
+    _check_image(image, "adjust_saturation")
+    if _grey_or_rgb(image, "adjust_saturation"):
+        return image
+    return pix.adjust_saturation(image, factor).astype(image.dtype)
+
+
+def adjust_hue(image: jax.Array, delta: Numeric) -> jax.Array:
+    """Rotates the HSV hue by ``delta`` turns (``dm_pix.adjust_hue``); grey images unchanged."""
+    _check_image(image, "adjust_hue")
+    if _grey_or_rgb(image, "adjust_hue"):
+        return image
+    return pix.adjust_hue(image, delta).astype(image.dtype)
+
+
+def _grey_or_rgb(image, where) -> bool:
+    """True for a grey image; False for RGB; ValueError otherwise."""
+    c = image.shape[-1]
+    if c not in (1, 3):
+        raise ValueError(f"{where}: needs 1 (grey) or 3 (RGB) channels, got shape {image.shape}")
+    return c == 1
+
+
+def random_brightness(key: jax.Array, image: jax.Array, *, max_delta: Numeric = 0.2,
+                      probability: Numeric = 1.0) -> jax.Array:
+    """:func:`adjust_brightness` by a delta uniform in ``[-max_delta, max_delta]``."""
+    return _maybe(key, image, probability,
+                  lambda k, im: adjust_brightness(im, _uniform(k, -max_delta, max_delta)),
+                  "random_brightness")
+
+
+def random_contrast(key: jax.Array, image: jax.Array, *, lower: Numeric = 0.8,
+                    upper: Numeric = 1.2, probability: Numeric = 1.0) -> jax.Array:
+    """:func:`adjust_contrast` by a factor uniform in ``[lower, upper]``."""
+    _check_static_order("random_contrast", "lower", lower, "upper", upper)
+    return _maybe(key, image, probability,
+                  lambda k, im: adjust_contrast(im, _uniform(k, lower, upper)),
+                  "random_contrast")
+
+
+def random_saturation(key: jax.Array, image: jax.Array, *, lower: Numeric = 0.8,
+                      upper: Numeric = 1.2, probability: Numeric = 1.0) -> jax.Array:
+    """:func:`adjust_saturation` by a factor uniform in ``[lower, upper]``."""
+    _check_static_order("random_saturation", "lower", lower, "upper", upper)
+    return _maybe(key, image, probability,
+                  lambda k, im: adjust_saturation(im, _uniform(k, lower, upper)),
+                  "random_saturation")
+
+
+def random_hue(key: jax.Array, image: jax.Array, *, max_delta: Numeric = 0.05,
+               probability: Numeric = 1.0) -> jax.Array:
+    """:func:`adjust_hue` by a delta uniform in ``[-max_delta, max_delta]`` turns."""
+    _check_static_range("random_hue", "max_delta", max_delta, 0.0, 0.5)
+    return _maybe(key, image, probability,
+                  lambda k, im: adjust_hue(im, _uniform(k, -max_delta, max_delta)),
+                  "random_hue")
+
+
+# ----------------------------------------------------------------------------------------------
+# Noise, blur, erasing, elastic distortion.
+
+def random_gaussian_noise(key: jax.Array, image: jax.Array, *, std: Numeric = 0.05,
+                          probability: Numeric = 1.0) -> jax.Array:
+    """Adds i.i.d. ``N(0, std^2)`` noise to every pixel (not clipped)."""
+    if isinstance(std, (int, float)) and std < 0:
+        raise ValueError(f"random_gaussian_noise: std must be >= 0, got {std!r}")
+    return _maybe(key, image, probability,
+                  lambda k, im: im + std * jax.random.normal(k, im.shape, im.dtype),
+                  "random_gaussian_noise")
+
+
+def gaussian_blur(image: jax.Array, sigma: Numeric, *, radius: int) -> jax.Array:
+    """Separable Gaussian blur of ``[H, W, C]`` with a ``2 * radius + 1`` (static) kernel,
+    reflecting at the border (edge pixel repeated, as ``scipy.ndimage.gaussian_filter(mode=
+    "reflect")``). The kernel and convolution are ``dm_pix.gaussian_blur``'s; ``sigma`` may be
+    traced."""
+    _check_image(image, "gaussian_blur")
+    if not isinstance(radius, int) or radius < 0:
+        raise ValueError(f"gaussian_blur: radius must be a static int >= 0, got {radius!r}")
+    if radius >= min(image.shape[0], image.shape[1]):
+        raise ValueError(f"gaussian_blur: radius={radius} is not less than the image size "
+                         f"{image.shape[:2]}")
+    padded = jnp.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
+    out = pix.gaussian_blur(padded, jnp.asarray(sigma, image.dtype), 2 * radius + 1,
+                            padding="VALID")
+    return out.astype(image.dtype)
+
+
+def random_gaussian_blur(key: jax.Array, image: jax.Array, *, min_sigma: Numeric = 0.1,
+                         max_sigma: float = 1.5, probability: Numeric = 1.0) -> jax.Array:
+    """:func:`gaussian_blur` with ``sigma`` uniform in ``[min_sigma, max_sigma]``; the kernel
+    radius is ``ceil(3 * max_sigma)`` (so ``max_sigma`` must be a Python number)."""
+    where = "random_gaussian_blur"
+    if not isinstance(max_sigma, (int, float)) or max_sigma <= 0:
+        raise ValueError(f"{where}: max_sigma must be a positive Python number, got {max_sigma!r}")
+    _check_static_order(where, "min_sigma", min_sigma, "max_sigma", max_sigma)
+    radius = min(int(math.ceil(3 * max_sigma)), min(image.shape[0], image.shape[1]) - 1)
+    return _maybe(key, image, probability,
+                  lambda k, im: gaussian_blur(im, _uniform(k, min_sigma, max_sigma),
+                                              radius=radius), where)
+
+
+def erase(image: jax.Array, *, top, left, height, width, fill: Numeric = 0.0) -> jax.Array:
+    """Sets the box ``[top, top + height) x [left, left + width)`` (ints, traced allowed, clipped
+    to the image) to ``fill``; a mask, so the box size needs no static shape."""
+    _check_image(image, "erase")
+    rows = jnp.arange(image.shape[0])[:, None, None]
+    cols = jnp.arange(image.shape[1])[None, :, None]
+    inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+    return jnp.where(inside, jnp.asarray(fill, image.dtype), image)
+
+
+def random_cutout(key: jax.Array, image: jax.Array, *, size: Numeric = 8, fill: Numeric = 0.0,
+                  probability: Numeric = 1.0) -> jax.Array:
+    """Cutout (DeVries & Taylor 2017): a ``size x size`` square of ``fill`` centred on a uniformly
+    drawn pixel, clipped at the border (so it may be partly outside)."""
+    def apply(k, im):
+        kr, kc = jax.random.split(k)
+        cr = jax.random.randint(kr, (), 0, im.shape[0])
+        cc = jax.random.randint(kc, (), 0, im.shape[1])
+        return erase(im, top=cr - size // 2, left=cc - size // 2, height=size, width=size,
+                     fill=fill)
+    return _maybe(key, image, probability, apply, "random_cutout")
+
+
+def random_erasing(key: jax.Array, image: jax.Array, *, min_area: Numeric = 0.02,
+                   max_area: Numeric = 0.33, min_ratio: Numeric = 0.3, max_ratio: Numeric = 3.3,
+                   fill: Numeric = 0.0, probability: Numeric = 0.5) -> jax.Array:
+    """Random erasing (Zhong et al. 2020): a box of ``area`` uniform in ``[min_area, max_area]``
+    of the image and aspect ratio log-uniform in ``[min_ratio, max_ratio]``, inside the image,
+    set to ``fill``. A box larger than the image is clipped to it (torchvision redraws)."""
+    where = "random_erasing"
+    _check_static_order(where, "min_area", min_area, "max_area", max_area)
+    _check_static_order(where, "min_ratio", min_ratio, "max_ratio", max_ratio)
+
+    def apply(k, im):
+        h, w = im.shape[0], im.shape[1]
+        ka, kr, kt, kl = jax.random.split(k, 4)
+        area = _uniform(ka, min_area, max_area) * (h * w)
+        ratio = jnp.exp(_uniform(kr, jnp.log(min_ratio), jnp.log(max_ratio)))
+        bh = jnp.clip(jnp.round(jnp.sqrt(area * ratio)), 1, h).astype(jnp.int32)
+        bw = jnp.clip(jnp.round(jnp.sqrt(area / ratio)), 1, w).astype(jnp.int32)
+        top = jax.random.randint(kt, (), 0, h - bh + 1)
+        left = jax.random.randint(kl, (), 0, w - bw + 1)
+        return erase(im, top=top, left=left, height=bh, width=bw, fill=fill)
+    return _maybe(key, image, probability, apply, where)
+
+
+def random_elastic(key: jax.Array, image: jax.Array, *, alpha: Numeric = 34.0,
+                   sigma: float = 4.0, probability: Numeric = 1.0) -> jax.Array:
+    """Elastic distortion (Simard et al. 2003): a uniform random displacement field smoothed by a
+    Gaussian of ``sigma`` (a Python number: it sets the kernel size) and scaled by ``alpha``
+    pixels, bilinear with edge values (``dm_pix.elastic_deformation``). The defaults are Simard's
+    for 28x28 handwriting."""
+    if not isinstance(sigma, (int, float)) or sigma <= 0:
+        raise ValueError(f"random_elastic: sigma must be a positive Python number, got {sigma!r}")
+    return _maybe(key, image, probability,
+                  lambda k, im: pix.elastic_deformation(k, im, alpha, float(sigma)),
+                  "random_elastic")
