@@ -61,9 +61,9 @@ def main() -> None:
     emb = model.encode(SENTENCES, batch_size=4, convert_to_numpy=True,
                        normalize_embeddings=False).astype(np.float32)
     features = model.tokenize(SENTENCES)
-    ids = [[int(t) for t, m in zip(row, mask) if m]
+    ids = [[int(t) for t, m in zip(row, mask, strict=True) if m]
            for row, mask in zip(features["input_ids"].tolist(),
-                                features["attention_mask"].tolist())]
+                                features["attention_mask"].tolist(), strict=True)]
 
     # Second reference: plain transformers.
     tok = transformers.AutoTokenizer.from_pretrained(str(args.model_dir))
