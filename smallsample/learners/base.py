@@ -11,7 +11,8 @@ of the query loss through ``adapt`` (Reptile, iMAML) also provide ``task_grad``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

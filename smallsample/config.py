@@ -1,0 +1,155 @@
+"""Run configurations: one frozen dataclass, named presets, and ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines a run. Presets (:data:`PRESETS`) override the defaults."""
+
+    # data
+    dataset: str = "omniglot"
+    split: str = "vinyals"            # vinyals | maml | lake
+    train_part: str = "train"
+    val_part: str = "val"             # "" for none
+    test_part: str = "test"
+    image_size: int = 28
+    per_class: int = 0                # only the first N drawings per training class (0: all)
+    # episodes
+    ways: int = 5                     # evaluation ways
+    shots: int = 1
+    queries: int = 15                 # evaluation queries per class
+    train_ways: int = 0               # 0: same as ways
+    train_shots: int = 0              # 0: same as shots
+    train_queries: int = 15
+    meta_batch: int = 1
+    rotate: bool = False              # random 90-degree rotation of whole classes while training
+    augment: str = ""                 # augmentation pipeline spec (smallsample.augment)
+    # learner
+    learner: str = "protonet"         # protonet | maml | fomaml | anil | metasgd | reptile | imaml
+                                      # | matching | r2d2 | baseline | baseline++
+    backbone: str = "conv4"           # conv4 | conv4-stride | resnet12
+    width: int = 64
+    conv_impl: str = "xla"            # xla | im2col
+    inner_steps: int = 1
+    test_inner_steps: int = 0         # 0: same as inner_steps
+    inner_lr: float = 0.4
+    remat: bool = False
+    chunks: int = 1                   # split the meta-batch into this many sequential chunks
+    # optimisation
+    steps: int = 2000
+    lr: float = 1e-3
+    lr_decay_every: int = 0           # halve the rate every N steps (0: constant)
+    steps_per_call: int = 10          # training steps fused into one device call (lax.scan)
+    # evaluation and logging
+    eval_every: int = 500
+    val_episodes: int = 200
+    test_episodes: int = 600
+    log_every: int = 50
+    checkpoint_every: int = 500
+    seed: int = 0
+    eval_seed: int = 1234
+    notes: str = field(default="", compare=False)
+
+    @property
+    def effective_train_ways(self) -> int:
+        return self.train_ways or self.ways
+
+    @property
+    def effective_train_shots(self) -> int:
+        return self.train_shots or self.shots
+
+    @property
+    def effective_test_inner_steps(self) -> int:
+        return self.test_inner_steps or self.inner_steps
+
+    def replace(self, **changes) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        values = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**values)
+
+
+PRESETS: dict[str, dict] = {
+    # Quick start: prototypical networks on Omniglot, a few minutes on a laptop CPU.
+    "quickstart": dict(learner="protonet", ways=5, shots=1, train_ways=20, train_queries=5,
+                       steps=1000, lr_decay_every=0, eval_every=500, val_episodes=100,
+                       test_episodes=600, log_every=50),
+    # Snell et al. 2017: trained with 60-way episodes, 5 queries, Adam 1e-3 halved every 2000.
+    "omniglot-protonet-5w1s": dict(learner="protonet", ways=5, shots=1, train_ways=60,
+                                   train_queries=5, steps=10000, lr_decay_every=2000),
+    "omniglot-protonet-5w5s": dict(learner="protonet", ways=5, shots=5, train_ways=60,
+                                   train_queries=5, steps=10000, lr_decay_every=2000),
+    "omniglot-protonet-20w1s": dict(learner="protonet", ways=20, shots=1, train_ways=60,
+                                    train_queries=5, steps=10000, lr_decay_every=2000),
+    "omniglot-protonet-20w5s": dict(learner="protonet", ways=20, shots=5, train_ways=60,
+                                    train_queries=5, steps=10000, lr_decay_every=2000),
+    # Finn et al. 2017: 1200 training characters, rotations, meta-batch 32 (5-way) / 16 (20-way),
+    # inner rate 0.4 (5-way) / 0.1 (20-way), 1 (5-way) / 5 (20-way) inner steps, 60,000 steps.
+    "omniglot-maml-5w1s": dict(learner="maml", split="maml", val_part="", backbone="conv4-stride",
+                               ways=5, shots=1, train_queries=15, meta_batch=32, inner_steps=1,
+                               test_inner_steps=3, inner_lr=0.4, rotate=True, steps=60000,
+                               conv_impl="im2col"),
+    "omniglot-maml-5w5s": dict(learner="maml", split="maml", val_part="", backbone="conv4-stride",
+                               ways=5, shots=5, train_queries=15, meta_batch=32, inner_steps=1,
+                               test_inner_steps=3, inner_lr=0.4, rotate=True, steps=60000,
+                               conv_impl="im2col"),
+    "omniglot-maml-20w1s": dict(learner="maml", split="maml", val_part="",
+                                backbone="conv4-stride", ways=20, shots=1, train_queries=15,
+                                meta_batch=16, inner_steps=5, inner_lr=0.1, rotate=True,
+                                steps=60000, conv_impl="im2col"),
+    "omniglot-maml-20w5s": dict(learner="maml", split="maml", val_part="",
+                                backbone="conv4-stride", ways=20, shots=5, train_queries=15,
+                                meta_batch=16, inner_steps=5, inner_lr=0.1, rotate=True,
+                                steps=60000, conv_impl="im2col"),
+}
+
+
+def _parse_value(field_type, text: str, name: str):
+    kind = field_type if isinstance(field_type, str) else getattr(field_type, "__name__", "")
+    try:
+        if kind == "bool":
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ValueError(f"setting {name}={text!r}: expected a {kind}") from None
+    return text
+
+
+def make_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The defaults, updated by ``preset`` and then by ``key=value`` strings."""
+    values: dict = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in fields:
+            raise ValueError(f"unknown setting {key!r}; settings are: {', '.join(fields)}")
+        values[key] = _parse_value(fields[key].type, text.strip(), key)
+    return Config(**values)

@@ -1,0 +1,331 @@
+"""Meta-training: one jitted step for every learner, and the host loop around it.
+
+``make_train_step`` builds the device function. It samples a meta-batch of episodes on the device
+(from the class-indexed data passed as an argument), applies the augmentation pipeline, computes the
+mean meta-gradient over tasks with ``jax.vmap`` (optionally in sequential chunks, to bound memory),
+applies the optax update, and repeats ``steps_per_call`` times under ``lax.scan`` so that Python
+dispatch is paid once per call. The step's randomness is ``fold_in(run_key, step)``, so a resumed
+run continues exactly where the interrupted one would have been.
+
+``train`` is the host loop: run folder, resolved config, JSON-lines metrics, atomic checkpoints,
+validation, progress bar, final test evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from smallsample.config import Config
+from smallsample.data.files import atomic_write_bytes
+from smallsample.episodes import Episode, sample_meta_batch
+from smallsample.evaluate import Result, evaluate, make_eval_fn
+from smallsample.learners.base import Learner, task_loss_and_grad
+from smallsample.parallel import check_divisible, shard_tasks
+
+
+class TrainState(NamedTuple):
+    """Everything a run needs to continue: step count, parameters, optimiser state, run key."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    key: jax.Array  # raw uint32 key data, so the state serialises as plain arrays
+
+
+def make_sampler(*, meta_batch: int, ways: int, shots: int, queries: int, rotate: bool = False,
+                 per_class: int | None = None,
+                 augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None):
+    """``sample(key, data) -> Episode`` with a leading ``[meta_batch]`` axis, augmentation applied
+    per image (``augment(key, image [H, W, C]) -> image``) to support and query sets."""
+
+    def sample(key, data):
+        k_ep, k_aug = jax.random.split(key)
+        episodes = sample_meta_batch(k_ep, data, batch=meta_batch, ways=ways, shots=shots,
+                                     queries=queries, rotate=rotate, per_class=per_class)
+        if augment is None:
+            return episodes
+        ks, kq = jax.random.split(k_aug)
+
+        def apply(k, x):  # x: [batch, n, H, W, C]
+            keys = jax.random.split(k, x.shape[0] * x.shape[1]).reshape(x.shape[:2] + (-1,))
+            keys = jax.random.wrap_key_data(keys) if not jax.dtypes.issubdtype(
+                keys.dtype, jax.dtypes.prng_key) else keys
+            return jax.vmap(jax.vmap(augment))(keys, x)
+
+        return episodes._replace(support_x=apply(ks, episodes.support_x),
+                                 query_x=apply(kq, episodes.query_x))
+
+    return sample
+
+
+def meta_gradient(learner: Learner, params, episodes: Episode, key: jax.Array, *,
+                  chunks: int = 1):
+    """Mean ``(loss, accuracy, grads)`` over a meta-batch ``episodes [B, ...]``.
+
+    With ``chunks > 1`` the meta-batch is processed as ``chunks`` sequential groups of
+    ``B / chunks`` vmapped tasks (``lax.scan``), which bounds activation memory; the result is the
+    same up to float summation order.
+    """
+    batch = episodes.query_y.shape[0]
+    if batch % chunks:
+        raise ValueError(f"meta-batch {batch} is not divisible into {chunks} chunks")
+    keys = jax.random.split(key, batch)
+    per_task = jax.vmap(lambda e, k: task_loss_and_grad(learner, params, e, k))
+    if chunks == 1:
+        loss, acc, grads = per_task(episodes, keys)
+        return loss.mean(), acc.mean(), jax.tree.map(lambda g: g.mean(0), grads)
+
+    def split(x):
+        return x.reshape((chunks, batch // chunks) + x.shape[1:])
+
+    def body(carry, chunk):
+        eps, ks = chunk
+        loss, acc, grads = per_task(eps, ks)
+        total = jax.tree.map(lambda c, g: c + g.sum(0), carry,
+                             (loss, acc, grads))
+        return total, None
+
+    zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    (loss, acc, grads), _ = jax.lax.scan(body, zeros,
+                                         (jax.tree.map(split, episodes), split(keys)))
+    return loss / batch, acc / batch, jax.tree.map(lambda g: g / batch, grads)
+
+
+def make_train_step(learner: Learner, optimizer: optax.GradientTransformation, sample, *,
+                    chunks: int = 1, steps_per_call: int = 1, mesh=None, batch: int = 1):
+    """``step(state, data) -> (state, metrics)``: ``steps_per_call`` meta-steps in one call.
+
+    ``metrics`` holds ``loss`` and ``accuracy`` arrays of shape ``[steps_per_call]``. Not jitted
+    here: the caller decides (``jax.jit(step, donate_argnums=0)``).
+    """
+    check_divisible(batch, mesh)
+
+    def one_step(state: TrainState, data):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        k_sample, k_adapt = jax.random.split(key)
+        episodes = shard_tasks(sample(k_sample, data), mesh)
+        loss, acc, grads = meta_gradient(learner, state.params, episodes, k_adapt, chunks=chunks)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state._replace(step=state.step + 1, params=params, opt_state=opt_state), \
+            {"loss": loss, "accuracy": acc}
+
+    def step(state: TrainState, data):
+        return jax.lax.scan(lambda s, _: one_step(s, data), state, None, length=steps_per_call)
+
+    return step
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    if config.lr_decay_every:
+        lr = optax.exponential_decay(config.lr, config.lr_decay_every, 0.5, staircase=True)
+    else:
+        lr = config.lr
+    return optax.adam(lr)
+
+
+def init_state(learner: Learner, optimizer, example_x: jax.Array, seed: int) -> TrainState:
+    key = jax.random.key(seed)
+    k_init, k_run = jax.random.split(key)
+    params = learner.init(k_init, example_x)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
+                      jax.random.key_data(k_run))
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, state: TrainState) -> None:
+    """Serialises ``state`` to ``path`` atomically (an interrupted write keeps the old file)."""
+    atomic_write_bytes(Path(path), flax.serialization.to_bytes(jax.device_get(state)))
+
+
+def load_checkpoint(path: Path, template: TrainState) -> TrainState:
+    """Restores a state saved by :func:`save_checkpoint` into the structure of ``template``."""
+    path = Path(path)
+    try:
+        return flax.serialization.from_bytes(template, path.read_bytes())
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it is "
+                         f"corrupt or from another configuration") from e
+
+
+# ---------------------------------------------------------------- the host loop
+class RunResult(NamedTuple):
+    test: Result | None
+    val: Result | None
+    steps: int
+    seconds: float
+    run_dir: Path
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops metric lines past ``step`` (written after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          data=None, log: Callable[[str], None] = print) -> RunResult:
+    """Meta-trains ``config`` in ``run_dir`` and evaluates on the test classes.
+
+    Writes ``config.json``, ``metrics.jsonl`` (one JSON object per logged step and per
+    validation), ``checkpoint.msgpack`` (latest), ``best.msgpack`` (best validation accuracy) and
+    ``results.json``. With ``resume=True`` the run continues from ``checkpoint.msgpack`` with the
+    saved config.
+    """
+    from smallsample.registry import build_learner, load_data  # noqa: PLC0415 (avoid a cycle)
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if resume:
+        if not config_path.exists():
+            raise FileNotFoundError(f"cannot resume: {config_path} does not exist")
+        saved = Config.from_json(config_path.read_text())
+        if saved.replace(steps=config.steps) != config.replace(steps=config.steps):
+            log(f"resuming with the saved config of {run_dir} (steps={config.steps})")
+        config = saved.replace(steps=config.steps)
+    elif (run_dir / "checkpoint.msgpack").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; use --resume or another folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(config_path, json.loads(config.to_json()))
+
+    data = data if data is not None else load_data(config)
+    train_ways = config.effective_train_ways
+    learner = build_learner(config, ways=train_ways)
+    optimizer = make_optimizer(config)
+    augment = None
+    if config.augment:
+        from smallsample.augment import parse_pipeline  # noqa: PLC0415
+        augment = parse_pipeline(config.augment)
+    sample = make_sampler(meta_batch=config.meta_batch, ways=train_ways,
+                          shots=config.effective_train_shots, queries=config.train_queries,
+                          rotate=config.rotate, per_class=config.per_class or None,
+                          augment=augment)
+    spc = max(1, min(config.steps_per_call, config.log_every))
+    for every, name in ((config.log_every, "log_every"), (config.eval_every, "eval_every"),
+                        (config.checkpoint_every, "checkpoint_every")):
+        if every % spc:
+            raise ValueError(f"{name}={every} must be a multiple of steps_per_call={spc}")
+    step_fn = jax.jit(make_train_step(learner, optimizer, sample, chunks=config.chunks,
+                                      steps_per_call=spc, batch=config.meta_batch),
+                      donate_argnums=0)
+    train_x = jnp.asarray(data["train"])
+    example = jnp.zeros((2,) + train_x.shape[2:], jnp.float32)
+    state = init_state(learner, optimizer, example, config.seed)
+    metrics_path = run_dir / "metrics.jsonl"
+    best_val = -1.0
+    if resume:
+        state = load_checkpoint(run_dir / "checkpoint.msgpack", state)
+        _truncate_metrics(metrics_path, int(state.step))
+        for line in metrics_path.read_text().splitlines() if metrics_path.exists() else []:
+            rec = json.loads(line)
+            if "val_accuracy" in rec:
+                best_val = max(best_val, rec["val_accuracy"])
+        log(f"resumed {run_dir} at step {int(state.step)}")
+
+    eval_learner = build_learner(config, ways=config.ways, test=True)
+    eval_fn = make_eval_fn(eval_learner)
+
+    def validate(params) -> Result | None:
+        if "val" not in data or not config.val_episodes:
+            return None
+        return evaluate(eval_learner, params, jnp.asarray(data["val"]), ways=config.ways,
+                        shots=config.shots, queries=config.queries,
+                        num_episodes=config.val_episodes, seed=config.eval_seed, eval_fn=eval_fn)
+
+    start_step = int(state.step)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+        bar = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    t_last, step_last = t0, start_step
+    val_result = None
+    with open(metrics_path, "a") as metrics_file:
+        pending = None  # metrics of the previous call, fetched after the next call is dispatched
+        while int(state.step) < config.steps:
+            state, m = step_fn(state, train_x)
+            if pending is not None:
+                _log_metrics(pending, metrics_file, bar, config)
+            step = int(state.step)
+            now = time.perf_counter()
+            pending = (step, m, config.meta_batch * (step - step_last) / max(now - t_last, 1e-9))
+            t_last, step_last = now, step
+            if bar is not None:
+                bar.update(spc)
+            if step % config.eval_every == 0 or step >= config.steps:
+                _log_metrics(pending, metrics_file, bar, config)
+                pending = None
+                val_result = validate(state.params)
+                if val_result is not None:
+                    rec = {"step": step, "val_accuracy": val_result.mean,
+                           "val_ci95": val_result.ci95}
+                    metrics_file.write(json.dumps(rec) + "\n")
+                    if val_result.mean > best_val:
+                        best_val = val_result.mean
+                        save_checkpoint(run_dir / "best.msgpack", state)
+                    if bar is not None:
+                        bar.set_postfix_str(f"val {100 * val_result.mean:.1f}%", refresh=False)
+            if step % config.checkpoint_every == 0 or step >= config.steps:
+                metrics_file.flush()
+                save_checkpoint(run_dir / "checkpoint.msgpack", state)
+        if pending is not None:
+            _log_metrics(pending, metrics_file, bar, config)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+
+    final = state
+    if (run_dir / "best.msgpack").exists():
+        final = load_checkpoint(run_dir / "best.msgpack", state)
+    test = None
+    if "test" in data and config.test_episodes:
+        test = evaluate(eval_learner, final.params, jnp.asarray(data["test"]), ways=config.ways,
+                        shots=config.shots, queries=config.queries,
+                        num_episodes=config.test_episodes, seed=config.eval_seed,
+                        eval_fn=eval_fn)
+        log(f"test {config.ways}-way {config.shots}-shot: {test}")
+    results = {
+        "steps": int(state.step), "train_seconds": seconds,
+        "best_val_accuracy": best_val if best_val >= 0 else None,
+        "used_checkpoint": "best" if final is not state else "last",
+        "test_accuracy": None if test is None else test.mean,
+        "test_ci95": None if test is None else test.ci95,
+        "test_episodes": 0 if test is None else len(test.accuracies),
+        "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+    }
+    _write_json(run_dir / "results.json", results)
+    if test is not None:
+        np.save(run_dir / "test_accuracies.npy", test.accuracies)
+    return RunResult(test, val_result, int(state.step), seconds, run_dir)
+
+
+def _log_metrics(pending, metrics_file, bar, config: Config) -> None:
+    step, m, tasks_per_s = pending
+    loss = np.asarray(m["loss"])
+    acc = np.asarray(m["accuracy"])
+    if not np.all(np.isfinite(loss)):
+        raise FloatingPointError(f"training loss became non-finite at step {step}: {loss}")
+    if step % config.log_every == 0 or step >= config.steps:
+        rec = {"step": step, "loss": float(loss.mean()), "accuracy": float(acc.mean()),
+               "tasks_per_s": tasks_per_s}
+        metrics_file.write(json.dumps(rec) + "\n")
+    if bar is not None:
+        bar.set_postfix(loss=f"{loss.mean():.3f}", acc=f"{acc.mean():.3f}",
+                        tasks_s=f"{tasks_per_s:.0f}", refresh=False)
