@@ -72,4 +72,24 @@ def confidence_overlap(a: Result, b: Result) -> bool:
     return abs(a.mean - b.mean) <= a.ci95 + b.ci95
 
 
-__all__ = ["Result", "mean_ci95", "make_eval_fn", "evaluate", "confidence_overlap"]
+__all__ = ["Result", "mean_ci95", "make_eval_fn", "evaluate", "confidence_overlap", "lake_error"]
+
+
+def lake_error(learner: Learner, params: Any, runs, key: jax.Array | None = None) -> Result:
+    """Lake et al.'s 20-way within-alphabet one-shot task: per-run accuracy of ``learner``.
+
+    ``runs`` is a :class:`smallsample.data.lake.LakeRuns`; each run is one 20-way 1-shot episode
+    (support: the 20 training images, query: the 20 test images). The error rate is
+    ``1 - result.mean``; compare with :data:`smallsample.data.lake.PUBLISHED_ERROR`.
+    """
+    from smallsample.episodes import Episode, to_float  # noqa: PLC0415
+
+    n_runs, ways = runs.labels.shape
+    episodes = Episode(
+        support_x=to_float(jax.numpy.asarray(runs.train)),
+        support_y=jax.numpy.broadcast_to(jax.numpy.arange(ways, dtype="int32"), (n_runs, ways)),
+        query_x=to_float(jax.numpy.asarray(runs.test)),
+        query_y=jax.numpy.asarray(runs.labels),
+    )
+    keys = jax.random.split(jax.random.key(0) if key is None else key, n_runs)
+    return mean_ci95(np.asarray(make_eval_fn(learner)(params, episodes, keys)))

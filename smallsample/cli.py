@@ -1,0 +1,259 @@
+"""The ``smallsample`` command: train, eval, data, plot, episode, presets, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from smallsample.config import PRESETS, Config, make_config
+
+
+def _add_data_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None,
+                   help="data folder (default: $SMALLSAMPLE_DATA, else ~/.cache/smallsample/data)")
+
+
+def _split_preset(items: list[str]) -> tuple[str | None, list[str]]:
+    preset = None
+    overrides = []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif preset is None:
+            preset = item
+        else:
+            raise SystemExit(f"error: two presets given ({preset!r}, {item!r}); settings are "
+                             f"key=value")
+    return preset, overrides
+
+
+def cmd_train(args) -> int:
+    from smallsample.registry import load_data  # noqa: PLC0415
+    from smallsample.train import train  # noqa: PLC0415
+
+    preset, overrides = _split_preset(args.settings)
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if args.resume:
+        if run_dir is None:
+            raise SystemExit("error: --resume needs --run-dir")
+        config = Config.from_json((run_dir / "config.json").read_text())
+        if overrides:
+            config = make_config(None, [f"{k}={v}" for k, v in json.loads(config.to_json())
+                                        .items()] + overrides)
+    else:
+        config = make_config(preset or "quickstart", overrides)
+        run_dir = run_dir or Path("runs") / (preset or "quickstart")
+    print(f"run folder: {run_dir}")
+    data = load_data(config, root=args.data)
+    result = train(config, run_dir, resume=args.resume, progress=not args.no_progress, data=data)
+    if result.test is not None:
+        print(f"{config.ways}-way {config.shots}-shot test accuracy: "
+              f"{100 * result.test.mean:.2f} +- {100 * result.test.ci95:.2f}% "
+              f"({len(result.test.accuracies)} episodes, {result.seconds:.0f} s of training)")
+    if args.lake:
+        _print_lake(config, run_dir, args.data)
+    return 0
+
+
+def _restore(run_dir: Path, config: Config, ways: int, test: bool = True):
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from smallsample.registry import build_learner  # noqa: PLC0415
+    from smallsample.train import init_state, load_checkpoint, make_optimizer  # noqa: PLC0415
+
+    learner = build_learner(config, ways=ways, test=test)
+    train_learner = build_learner(config, ways=config.effective_train_ways)
+    example = jnp.zeros((2, config.image_size, config.image_size, 1), jnp.float32)
+    template = init_state(train_learner, make_optimizer(config), example, config.seed)
+    for name in ("best.msgpack", "checkpoint.msgpack"):
+        if (run_dir / name).exists():
+            return learner, load_checkpoint(run_dir / name, template).params, name
+    raise SystemExit(f"error: {run_dir} has no checkpoint (best.msgpack or checkpoint.msgpack)")
+
+
+def _print_lake(config: Config, run_dir: Path, root) -> None:
+    from smallsample.data.lake import PUBLISHED_ERROR, WAYS, load_runs  # noqa: PLC0415
+    from smallsample.evaluate import lake_error  # noqa: PLC0415
+
+    if config.learner != "protonet" and config.effective_train_ways != WAYS and \
+            config.learner not in ("matching", "r2d2", "baseline", "baseline++"):
+        print(f"Lake's task is 20-way; this {config.learner} run has a {config.ways}-way head: "
+              f"skipped")
+        return
+    learner, params, _ = _restore(Path(run_dir), config, WAYS)
+    res = lake_error(learner, params, load_runs(size=config.image_size, root=root))
+    print(f"Lake's 20-way within-alphabet one-shot task (20 runs): error "
+          f"{100 * (1 - res.mean):.1f}% +- {100 * res.ci95:.1f}")
+    for who, err in PUBLISHED_ERROR.items():
+        print(f"  published, {who}: {100 * err:.1f}%")
+
+
+def cmd_eval(args) -> int:
+    from smallsample.evaluate import evaluate  # noqa: PLC0415
+    from smallsample.registry import load_data  # noqa: PLC0415
+
+    run_dir = Path(args.run_dir)
+    config = Config.from_json((run_dir / "config.json").read_text())
+    ways = args.ways or config.ways
+    shots = args.shots or config.shots
+    learner, params, which = _restore(run_dir, config, ways)
+    data = load_data(config.replace(val_part=""), root=args.data)
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    res = evaluate(learner, params, jnp.asarray(data["test"]), ways=ways, shots=shots,
+                   queries=config.queries, num_episodes=args.episodes, seed=config.eval_seed)
+    print(f"{which}: {ways}-way {shots}-shot test accuracy {100 * res.mean:.2f} +- "
+          f"{100 * res.ci95:.2f}% ({len(res.accuracies)} episodes)")
+    if args.lake:
+        _print_lake(config, run_dir, args.data)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from smallsample.data import omniglot  # noqa: PLC0415
+    from smallsample.data.files import DataError, data_root  # noqa: PLC0415
+
+    root = data_root(args.data)
+    print(f"data folder: {root}")
+    ok = True
+    for name in omniglot.UPSTREAM_FILES:
+        path = root / "omniglot" / name
+        status = f"{path.stat().st_size:>10,d} bytes" if path.exists() else "   missing"
+        print(f"  omniglot/{name:32s} {status}")
+        ok &= path.exists()
+    for part in ("train", "val", "test", "trainval"):
+        path = root / "omniglot" / "splits" / "vinyals" / f"{part}.txt"
+        print(f"  omniglot/splits/vinyals/{part + '.txt':16s} "
+              f"{'present' if path.exists() else 'missing'}")
+    for rel in ("text/clinc150/data_full.json", "text/banking77/train.csv",
+                "text/banking77/test.csv"):
+        print(f"  {rel:41s} {'present' if (root / rel).exists() else 'missing'}")
+    if args.verify:
+        print("verifying content (decodes every image; cached afterwards)...")
+        for which in omniglot.SETS:
+            try:
+                s = omniglot.load_set(which, root=root, download_missing=False)
+                print(f"  {which:18s} ok: {s.images.shape[0]} characters x "
+                      f"{s.images.shape[1]} drawings")
+            except DataError as e:
+                ok = False
+                print(f"  {which:18s} FAILED: {e}")
+        for split, parts in (("vinyals", ("train", "val", "test")), ("maml", ("train", "test"))):
+            for part in parts:
+                try:
+                    n = omniglot.load_split(split, part, root=root,
+                                            download_missing=False).num_classes
+                    print(f"  split {split}/{part}: {n} classes")
+                except DataError as e:
+                    ok = False
+                    print(f"  split {split}/{part} FAILED: {e}")
+    return 0 if ok else 1
+
+
+def cmd_plot(args) -> int:
+    from smallsample.plots import plot_curves  # noqa: PLC0415
+
+    print(plot_curves(args.run_dir, args.out))
+    return 0
+
+
+def cmd_episode(args) -> int:
+    import jax  # noqa: PLC0415
+
+    from smallsample.episodes import sample_episode  # noqa: PLC0415
+    from smallsample.plots import plot_episode  # noqa: PLC0415
+    from smallsample.registry import load_data  # noqa: PLC0415
+
+    preset, overrides = _split_preset(args.settings)
+    config = make_config(preset or "quickstart", overrides)
+    data = load_data(config.replace(val_part="", test_part=""), root=args.data)
+    ep = sample_episode(jax.random.key(args.seed), jax.numpy.asarray(data["train"]),
+                        ways=config.ways, shots=config.shots, queries=min(config.queries, 5),
+                        rotate=config.rotate)
+    if config.augment:
+        from smallsample.augment import parse_pipeline  # noqa: PLC0415
+        aug = jax.vmap(parse_pipeline(config.augment))
+        k1, k2 = jax.random.split(jax.random.key(args.seed + 1))
+        ep = ep._replace(support_x=aug(jax.random.split(k1, len(ep.support_y)), ep.support_x),
+                         query_x=aug(jax.random.split(k2, len(ep.query_y)), ep.query_x))
+    print(plot_episode(ep, args.out, title=f"{preset or 'quickstart'}: {config.ways}-way "
+                                           f"{config.shots}-shot training episode"))
+    return 0
+
+
+def cmd_presets(args) -> int:
+    for name, values in PRESETS.items():
+        print(f"{name:26s} " + " ".join(f"{k}={v}" for k, v in values.items()))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from smallsample import bench  # noqa: PLC0415
+
+    return bench.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smallsample", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="meta-train a preset, then evaluate on test episodes")
+    t.add_argument("settings", nargs="*", help="a preset name and/or key=value settings")
+    t.add_argument("--run-dir", help="run folder (default runs/<preset>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--lake", action="store_true", help="also report Lake's 20-run one-shot task")
+    _add_data_arg(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run's checkpoint on fixed test episodes")
+    e.add_argument("run_dir")
+    e.add_argument("--episodes", type=int, default=600)
+    e.add_argument("--ways", type=int, default=0)
+    e.add_argument("--shots", type=int, default=0)
+    e.add_argument("--lake", action="store_true", help="also report Lake's 20-run one-shot task")
+    _add_data_arg(e)
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("data", help="list (and with --verify check) the data files present")
+    d.add_argument("--verify", action="store_true")
+    _add_data_arg(d)
+    d.set_defaults(func=cmd_data)
+
+    pl = sub.add_parser("plot", help="learning curves of a run as a PNG")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", default=None, help="default <run_dir>/curves.png")
+    pl.set_defaults(func=cmd_plot)
+
+    ep = sub.add_parser("episode", help="a grid of a sampled training episode as a PNG")
+    ep.add_argument("settings", nargs="*", help="a preset name and/or key=value settings")
+    ep.add_argument("--out", default="episode.png")
+    ep.add_argument("--seed", type=int, default=0)
+    _add_data_arg(ep)
+    ep.set_defaults(func=cmd_episode)
+
+    pr = sub.add_parser("presets", help="list the named presets")
+    pr.set_defaults(func=cmd_presets)
+
+    b = sub.add_parser("bench", help="the benchmark suite (see smallsample bench --help)",
+                       add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from smallsample.data.files import DataError  # noqa: PLC0415
+
+    try:
+        return args.func(args)
+    except (DataError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
