@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from smallsample.select._checks import check_k, check_rank, check_weights, is_concrete
 
@@ -65,7 +66,7 @@ def _check_embeddings(x, name="x"):
     check_rank(name, x, 2, "[n, d]")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"{name} must be floating point, got dtype {x.dtype}")
-    if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+    if is_concrete(x) and not np.isfinite(np.asarray(x)).all():
         raise ValueError(f"{name} contains NaN or inf")
 
 
@@ -173,8 +174,9 @@ def kmeans_plus_plus(key: jax.Array, x: jax.Array, *, k: int, first: int | jax.A
         check_rank("mask", mask, 1, "[n]")
         if mask.shape[0] != n:
             raise ValueError(f"mask shape {mask.shape} does not match x shape {x.shape}")
-        if is_concrete(mask) and int(jnp.sum(mask)) < k:
-            raise ValueError(f"k={k} is larger than the {int(jnp.sum(mask))} allowed points")
+        if is_concrete(mask) and int(np.asarray(mask).sum()) < k:
+            raise ValueError(f"k={k} is larger than the {int(np.asarray(mask).sum())} allowed "
+                             f"points")
         log_allowed = jnp.where(mask, 0.0, -jnp.inf).astype(x.dtype)
 
     def gumbel(j):

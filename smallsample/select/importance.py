@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.scipy.special import logsumexp
 
@@ -110,7 +111,7 @@ def sample_without_replacement(key: jax.Array, log_weights: jax.Array, *, k: int
 
 def _check_support(log_weights, k):
     if is_concrete(log_weights):
-        support = int(jnp.sum(jnp.isfinite(log_weights)))
+        support = int(np.isfinite(np.asarray(log_weights)).sum())
         if support < k:
             raise ValueError(f"k={k} is larger than the {support} examples with non-zero weight "
                              f"(sampling without replacement)")
