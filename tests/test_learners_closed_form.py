@@ -1,0 +1,80 @@
+"""R2D2's ridge head against numpy.linalg.solve (both the primal and the Woodbury branch) and its
+gradients (through the solve, to the scale, bias and lambda) against finite differences."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smallsample.episodes import Episode
+from smallsample.learners.base import task_loss_and_grad
+from smallsample.learners.closed_form import r2d2, ridge_weights
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+class Embed(nn.Module):
+    dim: int = 6
+
+    @nn.compact
+    def __call__(self, x):
+        return jnp.tanh(nn.Dense(self.dim)(x))
+
+
+@pytest.mark.parametrize("n,d", [(4, 9), (9, 4)], ids=["woodbury", "primal"])
+def test_ridge_weights_equal_numpy_solve(n, d):
+    rng = np.random.default_rng(n)
+    x, y, lam = rng.normal(size=(n, d)), np.eye(3)[rng.integers(0, 3, n)], 0.7
+    ref = np.linalg.solve(x.T @ x + lam * np.eye(d), x.T @ y)  # always the d x d primal form
+    np.testing.assert_allclose(jax.jit(ridge_weights)(x, y, lam), ref, rtol=1e-10)
+
+
+def test_r2d2_logits_and_gradients():
+    rng = np.random.default_rng(3)
+    ep = Episode(jnp.asarray(rng.normal(size=(4, 3))), jnp.array([0, 1, 0, 1]),
+                 jnp.asarray(rng.normal(size=(6, 3))), jnp.array([0, 1, 0, 1, 1, 0]))
+    learner = r2d2(Embed(), 2, lam=0.5, scale=2.0)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                          jax.jit(learner.init)(jax.random.key(0), ep.support_x))
+    params["head"]["bias"] = jnp.asarray(0.3)
+
+    def logits_fn(p):
+        return learner.predict(p, learner.adapt(p, ep.support_x, ep.support_y, None), ep.query_x)
+
+    logits = jax.jit(logits_fn)(params)
+    apply = jax.jit(Embed().apply)
+    xs = np.asarray(apply({"params": params["model"]}, ep.support_x))
+    xq = np.asarray(apply({"params": params["model"]}, ep.query_x))
+    lam = float(np.exp(params["head"]["log_lambda"]))  # 0.5 up to the float32 initial value
+    np.testing.assert_allclose(lam, 0.5, rtol=1e-6)
+    w = np.linalg.solve(xs.T @ xs + lam * np.eye(6), xs.T @ np.eye(2)[np.asarray(ep.support_y)])
+    np.testing.assert_allclose(logits, 2.0 * xq @ w + 0.3, rtol=1e-10)
+
+    fn = jax.jit(lambda p: task_loss_and_grad(learner, p, ep, None))
+    _, _, grads = fn(params)
+    assert all(float(jnp.abs(g)) > 0 for g in jax.tree.leaves(grads["head"]))
+    leaves, treedef = jax.tree.flatten(params)
+    eps = 1e-6
+    for seed in range(2):
+        r = np.random.default_rng(seed)
+        v = treedef.unflatten([jnp.asarray(r.normal(size=np.shape(x))) for x in leaves])
+        fd = (fn(jax.tree.map(lambda p, d: p + eps * d, params, v))[0]
+              - fn(jax.tree.map(lambda p, d: p - eps * d, params, v))[0]) / (2 * eps)
+        dot = sum(float(jnp.vdot(g, d)) for g, d in
+                  zip(jax.tree.leaves(grads), jax.tree.leaves(v), strict=True))
+        np.testing.assert_allclose(dot, fd, rtol=1e-6)
+
+
+def test_fixed_lambda_is_not_a_parameter_and_bad_lambda_raises():
+    learner = r2d2(Embed(), 2, lam=2.0, learn_lambda=False)
+    params = jax.jit(learner.init)(jax.random.key(0), jnp.ones((2, 3)))
+    assert set(params["head"]) == {"scale", "bias"}
+    with pytest.raises(ValueError, match="lam"):
+        r2d2(Embed(), 2, lam=0.0)
+    with pytest.raises(ValueError, match=r"\[n, d\]"):
+        ridge_weights(jnp.ones((3, 2)), jnp.ones((4, 2)), 1.0)

@@ -1,0 +1,91 @@
+"""Prototypical networks against NumPy class means and distances; matching networks against a
+NumPy float64 cosine attention."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smallsample.learners.metric import matching_net
+from smallsample.learners.protonet import class_means, protonet
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+class Embed(nn.Module):
+    dim: int = 5
+
+    @nn.compact
+    def __call__(self, x):
+        return jnp.tanh(nn.Dense(self.dim)(x.reshape((x.shape[0], -1))))
+
+
+def data(seed, ways=3, shots=2, queries=4):
+    rng = np.random.default_rng(seed)
+    sx, qx = rng.normal(size=(ways * shots, 4)), rng.normal(size=(ways * queries, 4))
+    sy = rng.permutation(np.repeat(np.arange(ways), shots))
+    return jnp.asarray(sx), jnp.asarray(sy), jnp.asarray(qx)
+
+
+def run(learner, params, sx, sy, qx):
+    """adapt + predict + the embeddings, under one jit."""
+    def f(params, sx, sy, qx):
+        return learner.predict(params, learner.adapt(params, sx, sy, jax.random.key(0)), qx)
+    return np.asarray(jax.jit(f)(params, sx, sy, qx))
+
+
+def f64(tree):
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
+def test_class_means_equal_numpy():
+    rng = np.random.default_rng(0)
+    emb, labels = rng.normal(size=(7, 3)), np.array([0, 2, 1, 0, 2, 2, 1])
+    ref = np.stack([emb[labels == k].mean(0) for k in range(3)])
+    np.testing.assert_allclose(jax.jit(class_means, static_argnums=2)(emb, labels, 3), ref,
+                               rtol=1e-12)
+
+
+def test_protonet_logits_are_negative_squared_distances_to_numpy_means():
+    sx, sy, qx = data(1)
+    learner = protonet(Embed(), 3)
+    params = f64(jax.jit(learner.init)(jax.random.key(0), sx))
+    logits = run(learner, params, sx, sy, qx)
+    apply = jax.jit(Embed().apply)
+    es, eq = np.asarray(apply({"params": params}, sx)), np.asarray(apply({"params": params}, qx))
+    protos = np.stack([es[np.asarray(sy) == k].mean(0) for k in range(3)])
+    ref = -((eq[:, None, :] - protos[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(logits, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("learn_scale", [False, True])
+def test_matching_net_equals_numpy_cosine_attention(learn_scale):
+    sx, sy, qx = data(2)
+    learner = matching_net(Embed(), 3, scale=3.0, learn_scale=learn_scale)
+    params = f64(jax.jit(learner.init)(jax.random.key(1), sx))
+    model_params = params["model"] if learn_scale else params
+    if learn_scale:
+        assert float(params["scale"]) == 3.0
+    logits = run(learner, params, sx, sy, qx)
+    apply = jax.jit(Embed().apply)
+    es = np.asarray(apply({"params": model_params}, sx))
+    eq = np.asarray(apply({"params": model_params}, qx))
+    cos = (eq / np.linalg.norm(eq, axis=1, keepdims=True)) @ (
+        es / np.linalg.norm(es, axis=1, keepdims=True)).T
+    att = np.exp(3.0 * cos)
+    att /= att.sum(1, keepdims=True)
+    probs = att @ np.eye(3)[np.asarray(sy)]
+    np.testing.assert_allclose(logits, np.log(probs), rtol=1e-10)
+    np.testing.assert_allclose(np.exp(logits).sum(1), 1.0, rtol=1e-12)
+
+
+def test_matching_net_rejects_mismatched_embeddings():
+    from smallsample.learners.metric import MatchingState, attention_log_probs
+    state = MatchingState(jnp.ones((4, 3)), jnp.eye(2)[jnp.array([0, 1, 0, 1])])
+    with pytest.raises(ValueError, match=r"\[n, 3\]"):
+        attention_log_probs(jnp.ones((2, 5)), state, 1.0)
