@@ -97,10 +97,10 @@ def test_conventions_key_first_and_options_keyword_only(name):
 
 def test_vmap_over_keys_matches_a_loop_and_keys_matter():
     keys = jax.random.split(KEY, 3)
-    f = jax.jit(jax.vmap(lambda k: S.importance_sample(k, LW, k=4, replace=False)))
-    batched = f(keys)
+    one_key = jax.jit(lambda k: S.importance_sample(k, LW, k=4, replace=False))
+    batched = jax.jit(jax.vmap(one_key))(keys)
     for i in range(3):
-        one = S.importance_sample(keys[i], LW, k=4, replace=False)
+        one = one_key(keys[i])
         np.testing.assert_array_equal(batched.indices[i], one.indices)
         np.testing.assert_allclose(batched.weights[i], one.weights, rtol=1e-6)
     assert len({tuple(np.asarray(r).tolist()) for r in batched.indices}) > 1

@@ -16,7 +16,7 @@ LOGP = jnp.log(jnp.asarray(P, jnp.float32) * 7.0)  # unnormalised on purpose
 
 
 def test_with_replacement_frequencies_match_weights():
-    idx = np.asarray(S.sample_with_replacement(KEY, LOGP, k=40000))
+    idx = np.asarray(jax.jit(lambda key: S.sample_with_replacement(key, LOGP, k=40000))(KEY))
     counts = np.bincount(idx, minlength=len(P))
     assert counts[3] == 0  # zero weight never drawn
     nz = P > 0
@@ -42,8 +42,7 @@ def test_gumbel_top_k_distinct_and_successive_sampling_law():
     assert sorted(many.tolist()) == [0, 1, 2, 4, 5, 6, 7]
 
 
-@pytest.mark.parametrize("replace", [True, False])
-def test_importance_estimators_unbiased_within_standard_error(replace):
+def test_importance_estimators_unbiased_within_standard_error():
     # The raw weights give an exactly unbiased estimator; the self-normalised one has a bias of
     # order 1/k, which at this k is well inside the Monte Carlo standard error of 500 repeats.
     n, k, reps = 1000, 300, 500
@@ -55,16 +54,17 @@ def test_importance_estimators_unbiased_within_standard_error(replace):
     fj = jnp.asarray(f, jnp.float32)
 
     def estimates(key):
-        s = S.importance_sample(key, jnp.asarray(proposal, jnp.float32), k=k, replace=replace)
-        t = S.importance_sample(key, jnp.asarray(proposal, jnp.float32), k=k, replace=replace,
-                                log_target=jnp.log(jnp.asarray(target, jnp.float32)))
-        return jnp.stack([jnp.sum(s.raw_weights * fj[s.indices]),
-                          jnp.sum(s.weights * fj[s.indices]),
-                          jnp.sum(t.raw_weights * fj[t.indices]),
-                          jnp.sum(t.weights * fj[t.indices])])
+        out = []
+        for replace in (True, False):
+            s = S.importance_sample(key, jnp.asarray(proposal, jnp.float32), k=k, replace=replace)
+            t = S.importance_sample(key, jnp.asarray(proposal, jnp.float32), k=k, replace=replace,
+                                    log_target=jnp.log(jnp.asarray(target, jnp.float32)))
+            out += [jnp.sum(s.raw_weights * fj[s.indices]), jnp.sum(s.weights * fj[s.indices]),
+                    jnp.sum(t.raw_weights * fj[t.indices]), jnp.sum(t.weights * fj[t.indices])]
+        return jnp.stack(out)
 
     est = np.asarray(jax.jit(jax.vmap(estimates))(jax.random.split(KEY, reps)), np.float64)
-    truth = np.array([true_uniform, true_uniform, true_target, true_target])
+    truth = np.array([true_uniform, true_uniform, true_target, true_target] * 2)
     se = est.std(0, ddof=1) / np.sqrt(reps)
     assert np.all(np.abs(est.mean(0) - truth) < 4 * se + 1e-4), (est.mean(0), truth, se)
 
@@ -84,32 +84,40 @@ def test_importance_sample_weights_normalised_and_exact_when_k_equals_n():
     np.testing.assert_allclose(np.asarray(uni.raw_weights), np.full(4, 0.25), rtol=1e-6)
 
 
-def test_effective_sample_size():
-    assert float(S.effective_sample_size(jnp.full(17, 0.3))) == pytest.approx(17, rel=1e-6)
-    assert float(S.effective_sample_size(jnp.eye(9)[4])) == pytest.approx(1.0)
-    w = np.random.default_rng(2).exponential(size=30)
-    expected = w.sum() ** 2 / (w ** 2).sum()
-    assert float(S.effective_sample_size(jnp.asarray(w))) == pytest.approx(expected, rel=1e-5)
-    lw = jnp.asarray(np.log(w) - 500.0, jnp.float32)  # would underflow outside log space
-    assert float(S.effective_sample_size_from_log(lw)) == pytest.approx(expected, rel=1e-4)
-    assert float(S.effective_sample_size_from_log(jnp.zeros(12))) == pytest.approx(12, rel=1e-6)
-    one_hot = jnp.array([-jnp.inf, 3.0, -jnp.inf])
-    assert float(S.effective_sample_size_from_log(one_hot)) == pytest.approx(1.0)
+def test_effective_sample_size_and_weighted_losses():
+    rng = np.random.default_rng(2)
+    w = rng.exponential(size=30)
+    logits = rng.normal(size=(30, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, size=30)
+    vals = rng.normal(size=(30, 3))
 
+    @jax.jit
+    def run(w, lw, logits, labels, vals, ce):
+        return dict(
+            flat=S.effective_sample_size(jnp.full(17, 0.3)),
+            one_hot=S.effective_sample_size(jnp.eye(9)[4]),
+            random=S.effective_sample_size(w),
+            from_log=S.effective_sample_size_from_log(lw),  # would underflow outside log space
+            flat_log=S.effective_sample_size_from_log(jnp.zeros(12)),
+            one_hot_log=S.effective_sample_size_from_log(jnp.array([-jnp.inf, 3.0, -jnp.inf])),
+            wce=S.weighted_cross_entropy(logits, labels, w),
+            wloss=S.weighted_loss(ce, w, normalize=False),
+            wmean=S.weighted_mean(vals, w))
 
-def test_weighted_losses_against_numpy():
-    rng = np.random.default_rng(3)
-    logits = rng.normal(size=(6, 4)).astype(np.float32)
-    labels = rng.integers(0, 4, size=6)
-    w = rng.uniform(size=6).astype(np.float32)
-    ce = -(logits[np.arange(6), labels] - special.logsumexp(logits.astype(np.float64), axis=1))
-    got = S.weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(w))
-    assert float(got) == pytest.approx((w * ce).sum() / w.sum(), rel=1e-5)
-    got = S.weighted_loss(jnp.asarray(ce, jnp.float32), jnp.asarray(w), normalize=False)
-    assert float(got) == pytest.approx((w * ce).sum(), rel=1e-5)
-    vals = rng.normal(size=(6, 3))
-    np.testing.assert_allclose(S.weighted_mean(jnp.asarray(vals, jnp.float32), jnp.asarray(w)),
-                               (w[:, None] * vals).sum(0) / w.sum(), rtol=1e-5, atol=1e-6)
+    ce = -(logits[np.arange(30), labels] - special.logsumexp(logits.astype(np.float64), axis=1))
+    out = run(jnp.asarray(w, jnp.float32), jnp.asarray(np.log(w) - 500.0, jnp.float32), logits,
+              labels, jnp.asarray(vals, jnp.float32), jnp.asarray(ce, jnp.float32))
+    ess = w.sum() ** 2 / (w ** 2).sum()
+    assert float(out["flat"]) == pytest.approx(17, rel=1e-6)
+    assert float(out["one_hot"]) == pytest.approx(1.0)
+    assert float(out["random"]) == pytest.approx(ess, rel=1e-5)
+    assert float(out["from_log"]) == pytest.approx(ess, rel=1e-4)
+    assert float(out["flat_log"]) == pytest.approx(12, rel=1e-6)
+    assert float(out["one_hot_log"]) == pytest.approx(1.0)
+    assert float(out["wce"]) == pytest.approx((w * ce).sum() / w.sum(), rel=1e-5)
+    assert float(out["wloss"]) == pytest.approx((w * ce).sum(), rel=1e-5)
+    np.testing.assert_allclose(out["wmean"], (w[:, None] * vals).sum(0) / w.sum(), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_scores_against_references():
@@ -154,13 +162,15 @@ def test_scores_against_references():
 
 def test_log_weights_from_scores():
     s = np.array([0.0, 1.0, 3.0, 4.0])
-    got = np.exp(np.asarray(S.log_weights_from_scores(jnp.asarray(s, jnp.float32), power=2.0,
-                                                      mix=0.2)))
-    expected = 0.8 * s ** 2 / (s ** 2).sum() + 0.2 / 4
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
-    np.testing.assert_allclose(np.exp(S.log_weights_from_scores(jnp.zeros(5))), np.full(5, 0.2),
-                               rtol=1e-6)
-    pure = np.exp(np.asarray(S.log_weights_from_scores(jnp.asarray(s, jnp.float32))))
+
+    @jax.jit
+    def run(s):
+        return (S.log_weights_from_scores(s, power=2.0, mix=0.2),
+                S.log_weights_from_scores(jnp.zeros(4)), S.log_weights_from_scores(s))
+
+    mixed, zeros, pure = (np.exp(np.asarray(v, np.float64)) for v in run(jnp.asarray(s)))
+    np.testing.assert_allclose(mixed, 0.8 * s ** 2 / (s ** 2).sum() + 0.2 / 4, rtol=1e-6)
+    np.testing.assert_allclose(zeros, np.full(4, 0.25), rtol=1e-6)  # all-zero: uniform
     np.testing.assert_allclose(pure, s / s.sum(), rtol=1e-6)
 
 
@@ -191,7 +201,6 @@ def test_bad_weights_and_sizes_raise():
         S.sample_with_replacement(KEY, LOGP, k=2.0)
     with pytest.raises(ValueError, match=r"shape \[n\]"):
         S.importance_sample(KEY, jnp.zeros((2, 3)), k=1)
-    S.importance_sample(KEY, LOGP, k=20, replace=True)  # k > n is fine with replacement
 
 
 def test_value_checks_are_skipped_under_jit():
