@@ -1,0 +1,170 @@
+"""Backbones: conv2d against a NumPy float64 convolution (padding (1, 1) also for stride 2), the
+'xla' and 'im2col' lowerings agree in values and gradients (also vmapped over per-task weights),
+Conv-4 shapes and learn2learn's initialisation, ResNet-12 against a NumPy forward pass."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smallsample.models.conv4 import Conv4
+from smallsample.models.layers import conv2d
+from smallsample.models.resnet12 import ResNet12
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def np_conv(x, k, stride, pad):
+    """NumPy float64 reference: zero padding ``pad`` on every side, then a strided correlation."""
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    kh, kw = k.shape[:2]
+    ho, wo = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, k.shape[3]))
+    for i in range(ho):
+        for j in range(wo):
+            patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw, :]
+            out[:, i, j] = np.einsum("nabc,abco->no", patch, k)
+    return out
+
+
+def np_bn(x, scale, bias, eps=1e-5):
+    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+    return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def np_pool(x):
+    n, h, w, c = x.shape
+    return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4))
+
+
+@pytest.mark.parametrize("impl", ["xla", "im2col"])
+@pytest.mark.parametrize("size,stride", [(8, 2), (7, 2), (6, 1)])
+def test_conv2d_equals_numpy_with_symmetric_padding(impl, size, stride):
+    rng = np.random.default_rng(size)
+    x, k = rng.normal(size=(2, size, size, 3)), rng.normal(size=(3, 3, 3, 4))
+    out = jax.jit(lambda x, k: conv2d(x, k, stride=stride, padding=1, impl=impl))(x, k)
+    np.testing.assert_allclose(out, np_conv(x, k, stride, 1), rtol=1e-12, atol=1e-12)
+    if (size, stride) == (8, 2):  # flax's 'SAME' pads (0, 1) here: a different result
+        same = jax.lax.conv_general_dilated(x, k, (2, 2), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        assert same.shape == out.shape and not np.allclose(same, out)
+
+
+def test_conv2d_lowerings_agree_in_gradients_also_vmapped_over_task_weights():
+    rng = np.random.default_rng(0)
+    xs, ks = rng.normal(size=(3, 2, 6, 6, 2)), rng.normal(size=(3, 3, 3, 2, 4))
+    cot = rng.normal(size=(2, 3, 3, 4))
+
+    def grads(impl):
+        loss = lambda x, k: jnp.sum(conv2d(x, k, stride=2, impl=impl) * cot)
+        one = jax.grad(loss, argnums=(0, 1))
+        return jax.jit(lambda x, k: (one(x[0], k[0]), jax.vmap(one)(x, k)))(xs, ks)
+
+    chex.assert_trees_all_close(grads("xla"), grads("im2col"), rtol=1e-12, atol=1e-12)
+
+
+def shapes(model, x_shape):
+    x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.key(0), x)
+    return params, jax.eval_shape(model.apply, params, x).shape
+
+
+@pytest.mark.parametrize("model,x_shape,out", [
+    (Conv4(downsample="stride"), (5, 28, 28, 1), (5, 64)),        # 28-14-7-4-2, spatial mean
+    (Conv4(downsample="pool"), (5, 28, 28, 1), (5, 64)),          # 28-14-7-3-1
+    (Conv4(downsample="pool"), (5, 84, 84, 3), (5, 1600)),        # 84-42-21-10-5, 5*5*64
+    (Conv4(width=32, downsample="pool", num_classes=5), (5, 84, 84, 3), (5, 5)),
+    (Conv4(downsample="stride", num_classes=20), (5, 28, 28, 1), (5, 20)),
+    (ResNet12(), (2, 84, 84, 3), (2, 16000)),                     # MetaOptNet: 5*5*640
+    (ResNet12(pool="avg", num_classes=5), (2, 84, 84, 3), (2, 5)),
+    (ResNet12(widths=(8, 8, 16, 16)), (2, 32, 32, 3), (2, 64)),
+])
+def test_output_shapes(model, x_shape, out):
+    assert shapes(model, x_shape)[1] == out
+
+
+def test_resnet12_has_metaoptnets_parameter_count():
+    params, _ = shapes(ResNet12(), (2, 84, 84, 3))
+    # per block: 3x3 convs cin->w, w->w, w->w (no bias), 1x1 shortcut, 4 BatchNorms (scale, bias)
+    widths, cin, total = (64, 160, 320, 640), 3, 0
+    for w in widths:
+        total += 9 * cin * w + 2 * 9 * w * w + cin * w + 4 * 2 * w
+        cin = w
+    assert sum(p.size for p in jax.tree.leaves(params)) == total == 12_424_320
+
+
+def test_conv4_initialisation_follows_learn2learn():
+    model = Conv4(downsample="stride", num_classes=5, bn_scale_init="uniform")
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))["params"]
+    kernel = np.asarray(params["Conv_1"]["kernel"])  # 3x3x64x64, Xavier uniform
+    bound = np.sqrt(6 / (9 * 64 + 9 * 64))
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.98 * bound
+    np.testing.assert_allclose(kernel.var(), bound ** 2 / 3, rtol=0.05)
+    scales = np.concatenate([np.asarray(params[f"BatchStatNorm_{i}"]["scale"]) for i in range(4)])
+    assert scales.min() >= 0 and scales.max() < 1 and abs(scales.mean() - 0.5) < 0.06
+    head = np.asarray(params["head"]["kernel"])  # N(0, 1), zero bias
+    assert abs(head.std() - 1) < 0.15 and abs(head.mean()) < 0.2
+    np.testing.assert_array_equal(params["head"]["bias"], 0)
+
+
+def test_conv4_lowerings_agree_in_values_and_gradients():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(4, 8, 8, 1)), rng.normal(size=(4, 3))
+    models = {impl: Conv4(width=3, blocks=2, downsample="stride", num_classes=3, conv_impl=impl)
+              for impl in ("xla", "im2col")}
+    params = jax.tree.map(lambda a: np.asarray(a, np.float64),
+                          jax.jit(models["xla"].init)(jax.random.key(0), x)["params"])
+
+    def value_and_grad(impl):
+        loss = lambda p: jnp.sum(models[impl].apply({"params": p}, x) * y)
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (va, ga), (vb, gb) = value_and_grad("xla"), value_and_grad("im2col")
+    np.testing.assert_allclose(va, vb, rtol=1e-12)
+    # a conv bias before a batch-statistics BatchNorm has a zero true gradient: left out
+    for name in ga:
+        for leaf in ga[name]:
+            if not (name.startswith("Conv") and leaf == "bias"):
+                np.testing.assert_allclose(ga[name][leaf], gb[name][leaf], rtol=1e-10,
+                                           atol=1e-12, err_msg=f"{name}/{leaf}")
+    np.testing.assert_allclose(ga["Conv_0"]["bias"], 0, atol=1e-10)
+
+
+def np_resnet12(params, x):
+    leaky = lambda v: np.where(v > 0, v, 0.1 * v)
+    for i in range(1, 5):
+        p = jax.tree.map(np.asarray, params[f"block{i}"])
+        bn = lambda v, name, p=p: np_bn(v, p[name]["scale"], p[name]["bias"])
+        y = leaky(bn(np_conv(x, p["conv1"]["kernel"], 1, 1), "bn1"))
+        y = leaky(bn(np_conv(y, p["conv2"]["kernel"], 1, 1), "bn2"))
+        y = bn(np_conv(y, p["conv3"]["kernel"], 1, 1), "bn3")
+        short = bn(np_conv(x, p["shortcut_conv"]["kernel"], 1, 0), "shortcut_bn")
+        x = np_pool(leaky(y + short))
+    return x.reshape(x.shape[0], -1)
+
+
+def test_resnet12_equals_a_numpy_forward_pass():
+    # im2col here; conv2d's two lowerings are compared above. Parameters are drawn in NumPy on
+    # the structure from eval_shape (compiling the initialiser is slow on a shared CPU), with
+    # BatchNorm's scale and shift away from 1 and 0.
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 18, 18, 2))  # 18-9-4-2-1
+    model = ResNet12(widths=(2, 3, 3, 4), conv_impl="im2col")
+    structure, _ = shapes(model, x.shape)
+    params = jax.tree.map(lambda s: rng.normal(size=s.shape), structure["params"])
+    out = jax.jit(model.apply)({"params": params}, x)
+    np.testing.assert_allclose(out, np_resnet12(params, x), rtol=1e-10, atol=1e-12)
+
+
+def test_models_reject_bad_inputs():
+    with pytest.raises(ValueError, match=r"\(28, 28\)"):
+        shapes(ResNet12(), (28, 28))
+    with pytest.raises(ValueError, match="too small"):
+        shapes(ResNet12(), (2, 8, 8, 3))
+    with pytest.raises(ValueError, match="kernel"):
+        conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 3, 1)))
