@@ -82,24 +82,28 @@ def test_k_center_matches_float64_reference_step_for_step():
     x = points()
     lab = points(4, seed=1)
     with jax.enable_x64(True):
-        run = jax.jit(lambda x, lab: (S.k_center_greedy(x, k=12, first=7),
-                                      S.k_center_greedy(x, k=12, initial_centers=lab)))
-        plain, warm = run(jnp.asarray(x), jnp.asarray(lab))
-    idx, radii = ref_k_center(x, 12, first=7)
-    np.testing.assert_array_equal(plain.indices, idx)
-    np.testing.assert_allclose(plain.radii, radii, rtol=1e-12)
-    idx, radii = ref_k_center(x, 12, initial=lab)
-    np.testing.assert_array_equal(warm.indices, idx)
-    np.testing.assert_allclose(warm.radii, radii, rtol=1e-12)
+        run = jax.jit(lambda x, lab: [
+            (S.k_center_greedy(x, k=12, first=7, precise=p),
+             S.k_center_greedy(x, k=12, initial_centers=lab, precise=p)) for p in (True, False)])
+        out = run(jnp.asarray(x), jnp.asarray(lab))
+    for (plain, warm), rtol in zip(out, (1e-12, 1e-9), strict=True):
+        idx, radii = ref_k_center(x, 12, first=7)
+        np.testing.assert_array_equal(plain.indices, idx)
+        np.testing.assert_allclose(plain.radii, radii, rtol=rtol)
+        idx, radii = ref_k_center(x, 12, initial=lab)
+        np.testing.assert_array_equal(warm.indices, idx)
+        np.testing.assert_allclose(warm.radii, radii, rtol=rtol)
 
 
 def test_k_center_float32_radius_never_increases_and_prefixes_agree():
     x = points(80, 6, seed=2)
-    run = jax.jit(lambda x: (S.k_center_greedy(x, k=30), S.k_center_greedy(x, k=9)))
-    big, small = run(jnp.asarray(x, jnp.float32))
+    run = jax.jit(lambda x: (S.k_center_greedy(x, k=30), S.k_center_greedy(x, k=9),
+                             S.k_center_greedy(x, k=30, precise=True)))
+    big, small, precise = run(jnp.asarray(x, jnp.float32))
     ref_idx, ref_radii = ref_k_center(x, 30)
-    np.testing.assert_array_equal(big.indices, ref_idx)  # no near-ties in this float32 data
-    np.testing.assert_allclose(big.radii, ref_radii, rtol=1e-5)
+    for res in (big, precise):
+        np.testing.assert_array_equal(res.indices, ref_idx)  # no near-ties in this data
+        np.testing.assert_allclose(res.radii, ref_radii, rtol=1e-5)
     radii = np.asarray(big.radii)
     assert np.all(np.diff(radii) <= 0)
     np.testing.assert_array_equal(small.indices, big.indices[:9])
@@ -113,8 +117,10 @@ def test_k_center_float32_radius_never_increases_and_prefixes_agree():
 def test_herding_matches_float64_reference_and_beats_random_subsets():
     x = points(50, 4, seed=3)
     with jax.enable_x64(True):
-        idx = jax.jit(lambda x: S.herding(x, k=10))(jnp.asarray(x))
+        idx, idx_precise = jax.jit(lambda x: (S.herding(x, k=10),
+                                              S.herding(x, k=10, precise=True)))(jnp.asarray(x))
     np.testing.assert_array_equal(idx, ref_herding(x, 10))
+    np.testing.assert_array_equal(idx_precise, ref_herding(x, 10))
     err = np.linalg.norm(x[np.asarray(idx)].mean(0) - x.mean(0))
     rng = np.random.default_rng(0)
     rand = [np.linalg.norm(x[rng.choice(50, 10, replace=False)].mean(0) - x.mean(0))
@@ -128,9 +134,12 @@ def test_kmeans_pp_matches_reference_with_the_same_draws_and_d2_law():
     with jax.enable_x64(True):
         gumbels = np.stack([np.asarray(jax.random.gumbel(jax.random.fold_in(KEY, j), (n,),
                                                          jnp.float64)) for j in range(k)])
-        idx = jax.jit(lambda x: S.kmeans_plus_plus(KEY, x, k=k))(jnp.asarray(x))
+        idx, idx_precise = jax.jit(lambda x: (S.kmeans_plus_plus(KEY, x, k=k),
+                                              S.kmeans_plus_plus(KEY, x, k=k, precise=True)))(
+            jnp.asarray(x))
     first = int(np.argmax(gumbels[0]))
     np.testing.assert_array_equal(idx, ref_kmeans_pp(x, k, gumbels, first))
+    np.testing.assert_array_equal(idx_precise, ref_kmeans_pp(x, k, gumbels, first))
     # the second centre follows the D^2 law (chi-square over 4000 keys); a mask is respected
     reps = 4000
     mask = jnp.arange(n) % 3 == 0

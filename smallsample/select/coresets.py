@@ -4,6 +4,9 @@ All take embeddings ``x [n, d]`` (or a similarity matrix) and a static ``k``, ru
 steps in a ``lax.fori_loop`` with ``O(n d)`` work and ``O(n)`` extra memory per step (no ``[n, n]``
 matrix), and return indices in the order they were chosen, so the first ``j`` entries of a
 ``k``-selection are the ``j``-selection.
+
+Distances default to ``|x|^2 - 2 x.c + |c|^2`` (one mat-vec per step); ``precise=True`` uses
+``sum((x - c)^2)``, which avoids cancellation in float32 but is several times slower on CPU.
 """
 
 from __future__ import annotations
@@ -56,10 +59,23 @@ def rbf_similarity(a: jax.Array, b: jax.Array, *, gamma: float | jax.Array) -> j
     return jnp.exp(-gamma * pairwise_squared_distances(a, b))
 
 
-def _sq_dist_to(x, c):
-    """Squared distances ``[n]`` from every row of ``x [n, d]`` to ``c [d]`` (fused, exact form)."""
-    diff = x - c
-    return jnp.sum(diff * diff, axis=-1)
+def _distances_to(x, precise):
+    """``dist(c) -> [n]`` squared distances from the rows of ``x [n, d]`` to a point ``c [d]``.
+
+    ``precise``: ``sum((x - c)^2)`` (no cancellation; a row reduction, slow on CPU).
+    Otherwise ``|x|^2 - 2 x.c + |c|^2`` with the norms computed once: one mat-vec per call, about
+    4-6x faster on CPU, with an absolute error of order ``eps * |x|^2`` (clipped at 0).
+    """
+    if precise:
+        def dist(c):
+            diff = x - c
+            return jnp.sum(diff * diff, axis=-1)
+        return dist
+    sq = jnp.sum(x * x, axis=-1)
+
+    def dist(c):
+        return jnp.maximum(sq - 2 * (x @ c) + jnp.dot(c, c), 0.0)
+    return dist
 
 
 def _check_embeddings(x, name="x"):
@@ -71,7 +87,7 @@ def _check_embeddings(x, name="x"):
 
 
 def k_center_greedy(x: jax.Array, *, k: int, first: int | jax.Array = 0,
-                    initial_centers: jax.Array | None = None) -> KCenter:
+                    initial_centers: jax.Array | None = None, precise: bool = False) -> KCenter:
     """Greedy k-center (Gonzalez 1985; the core-set selection of Sener & Savarese 2018).
 
     Each step adds the point farthest from its nearest chosen centre (ties: lowest index), a
@@ -84,6 +100,8 @@ def k_center_greedy(x: jax.Array, *, k: int, first: int | jax.Array = 0,
         e.g. ``jax.random.randint(key, (), 0, n)`` for a random start).
       initial_centers: optional ``[m, d]`` already-chosen points (e.g. the labelled set in active
         learning); then all ``k`` choices are greedy and ``first`` is ignored.
+      precise: distances as ``sum((x - c)^2)`` instead of the faster ``|x|^2 - 2 x.c + |c|^2``
+        (see :func:`_distances_to`).
 
     Returns:
       A :class:`KCenter` with ``indices [k]`` and ``radii [k]``.
@@ -93,9 +111,10 @@ def k_center_greedy(x: jax.Array, *, k: int, first: int | jax.Array = 0,
     k = check_k(k, n)
     indices = jnp.zeros((k,), jnp.int32)
     radii = jnp.zeros((k,), x.dtype)
+    dist = _distances_to(x, precise)
     if initial_centers is None:
         first = jnp.asarray(first, jnp.int32)
-        min_d2 = _sq_dist_to(x, x[first])
+        min_d2 = dist(x[first]).at[first].set(0.0)
         indices = indices.at[0].set(first)
         radii = radii.at[0].set(jnp.sqrt(jnp.max(min_d2)))
         start = 1
@@ -104,21 +123,21 @@ def k_center_greedy(x: jax.Array, *, k: int, first: int | jax.Array = 0,
         if initial_centers.shape[1] != x.shape[1]:
             raise ValueError(f"initial_centers shape {initial_centers.shape} does not match x "
                              f"shape {x.shape}")
-        min_d2 = jax.lax.map(lambda c: _sq_dist_to(x, c), initial_centers).min(0) \
+        min_d2 = jax.lax.map(dist, initial_centers.astype(x.dtype)).min(0) \
             if initial_centers.shape[0] else jnp.full((n,), jnp.inf, x.dtype)
         start = 0
 
     def step(j, carry):
         min_d2, indices, radii = carry
         c = jnp.argmax(min_d2).astype(jnp.int32)
-        min_d2 = jnp.minimum(min_d2, _sq_dist_to(x, x[c]))
+        min_d2 = jnp.minimum(min_d2, dist(x[c])).at[c].set(0.0)
         return min_d2, indices.at[j].set(c), radii.at[j].set(jnp.sqrt(jnp.max(min_d2)))
 
     _, indices, radii = jax.lax.fori_loop(start, k, step, (min_d2, indices, radii))
     return KCenter(indices, radii)
 
 
-def herding(x: jax.Array, *, k: int) -> jax.Array:
+def herding(x: jax.Array, *, k: int, precise: bool = False) -> jax.Array:
     """Herding as used for exemplar selection in iCaRL (Rebuffi et al. 2017; Welling 2009):
     step ``t`` adds the unchosen point that brings the mean of the chosen ``t`` points closest
     to the mean of all points.
@@ -126,6 +145,7 @@ def herding(x: jax.Array, *, k: int) -> jax.Array:
     Args:
       x: ``[n, d]`` embeddings (iCaRL L2-normalises them first; do that before calling if wanted).
       k: static number of points, ``k <= n``.
+      precise: distances as ``sum((x - c)^2)`` instead of ``|x|^2 - 2 x.c + |c|^2``.
 
     Returns:
       ``[k]`` int32 distinct indices, in order of choice (ties: lowest index).
@@ -134,11 +154,12 @@ def herding(x: jax.Array, *, k: int) -> jax.Array:
     n = x.shape[0]
     k = check_k(k, n)
     mu = jnp.mean(x, axis=0)
+    dist = _distances_to(x, precise)
 
     def step(t, carry):
         total, chosen, indices = carry
         # ||mu - (total + x_j) / (t+1)||^2 * (t+1)^2 = ||(t+1) mu - total - x_j||^2
-        d2 = _sq_dist_to(x, (t + 1) * mu - total)
+        d2 = dist((t + 1) * mu - total)
         j = jnp.argmin(jnp.where(chosen, jnp.inf, d2)).astype(jnp.int32)
         return total + x[j], chosen.at[j].set(True), indices.at[t].set(j)
 
@@ -146,8 +167,9 @@ def herding(x: jax.Array, *, k: int) -> jax.Array:
     return jax.lax.fori_loop(0, k, step, init)[2]
 
 
-def kmeans_plus_plus(key: jax.Array, x: jax.Array, *, k: int, first: int | jax.Array | None = None,
-                     mask: jax.Array | None = None) -> jax.Array:
+def kmeans_plus_plus(key: jax.Array, x: jax.Array, *, k: int,
+                     first: int | jax.Array | None = None, mask: jax.Array | None = None,
+                     precise: bool = False) -> jax.Array:
     """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre is drawn with probability
     proportional to its squared distance to the nearest centre chosen so far (D^2 sampling).
 
@@ -161,6 +183,7 @@ def kmeans_plus_plus(key: jax.Array, x: jax.Array, *, k: int, first: int | jax.A
         the tail repeats a point).
       first: index of the first centre (may be traced); default a uniform draw among allowed.
       mask: optional ``[n]`` bool, the points that may be chosen (default all).
+      precise: distances as ``sum((x - c)^2)`` instead of ``|x|^2 - 2 x.c + |c|^2``.
 
     Returns:
       ``[k]`` int32 indices, in order of choice.
@@ -186,13 +209,14 @@ def kmeans_plus_plus(key: jax.Array, x: jax.Array, *, k: int, first: int | jax.A
         c0 = jnp.argmax(log_allowed + gumbel(0)).astype(jnp.int32)
     else:
         c0 = jnp.asarray(first, jnp.int32)
-    min_d2 = _sq_dist_to(x, x[c0])
+    dist = _distances_to(x, precise)
+    min_d2 = dist(x[c0]).at[c0].set(0.0)
     indices = jnp.zeros((k,), jnp.int32).at[0].set(c0)
 
     def step(j, carry):
         min_d2, indices = carry
         c = jnp.argmax(jnp.log(min_d2) + log_allowed + gumbel(j)).astype(jnp.int32)
-        return jnp.minimum(min_d2, _sq_dist_to(x, x[c])), indices.at[j].set(c)
+        return jnp.minimum(min_d2, dist(x[c])).at[c].set(0.0), indices.at[j].set(c)
 
     return jax.lax.fori_loop(1, k, step, (min_d2, indices))[1]
 

@@ -83,7 +83,9 @@ def _gumbel_top_k(key, log_probs, k):
     n = log_probs.shape[0]
     perturbed = log_probs + jax.random.gumbel(key, (n,), dtype=log_probs.dtype)
     if k < n:
-        values, idx = jax.lax.top_k(perturbed, k + 1)
+        # The barrier keeps XLA (CPU) from rewriting a sliced TopK into a full sort (20x slower
+        # at n = 100,000, k = 1,000).
+        values, idx = jax.lax.optimization_barrier(jax.lax.top_k(perturbed, k + 1))
         return idx[:k], values[k]
     _, idx = jax.lax.top_k(perturbed, k)
     return idx, jnp.array(-jnp.inf, log_probs.dtype)
