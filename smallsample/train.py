@@ -105,7 +105,8 @@ def make_train_step(learner: Learner, optimizer: optax.GradientTransformation, s
                     chunks: int = 1, steps_per_call: int = 1, mesh=None, batch: int = 1):
     """``step(state, data) -> (state, metrics)``: ``steps_per_call`` meta-steps in one call.
 
-    ``metrics`` holds ``loss`` and ``accuracy`` arrays of shape ``[steps_per_call]``. Not jitted
+    ``metrics`` holds ``loss``, ``accuracy`` and ``grad_norm`` arrays of shape
+    ``[steps_per_call]``. Not jitted
     here: the caller decides (``jax.jit(step, donate_argnums=0)``).
     """
     check_divisible(batch, mesh)
@@ -118,7 +119,7 @@ def make_train_step(learner: Learner, optimizer: optax.GradientTransformation, s
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state._replace(step=state.step + 1, params=params, opt_state=opt_state), \
-            {"loss": loss, "accuracy": acc}
+            {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
 
     def step(state: TrainState, data):
         return jax.lax.scan(lambda s, _: one_step(s, data), state, None, length=steps_per_call)
@@ -320,11 +321,15 @@ def _log_metrics(pending, metrics_file, bar, config: Config) -> None:
     step, m, tasks_per_s = pending
     loss = np.asarray(m["loss"])
     acc = np.asarray(m["accuracy"])
-    if not np.all(np.isfinite(loss)):
-        raise FloatingPointError(f"training loss became non-finite at step {step}: {loss}")
+    grad_norm = np.asarray(m["grad_norm"])
+    if not (np.all(np.isfinite(loss)) and np.all(np.isfinite(grad_norm))):
+        raise FloatingPointError(
+            f"training became non-finite in the {len(loss)} steps up to step {step}: loss "
+            f"{loss.tolist()}, gradient norm {grad_norm.tolist()}; the last good checkpoint is "
+            f"kept (try a lower lr)")
     if step % config.log_every == 0 or step >= config.steps:
         rec = {"step": step, "loss": float(loss.mean()), "accuracy": float(acc.mean()),
-               "tasks_per_s": tasks_per_s}
+               "grad_norm": float(grad_norm.mean()), "tasks_per_s": tasks_per_s}
         metrics_file.write(json.dumps(rec) + "\n")
     if bar is not None:
         bar.set_postfix(loss=f"{loss.mean():.3f}", acc=f"{acc.mean():.3f}",

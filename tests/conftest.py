@@ -1,0 +1,20 @@
+"""Shared test set-up: where the data is, and a per-session array cache."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+DATA = Path(os.environ.get("SMALLSAMPLE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def pytest_configure(config):
+    if (DATA / "omniglot").exists():
+        os.environ.setdefault("SMALLSAMPLE_DATA", str(DATA))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA / "omniglot" / "images_background.zip").exists():
+        pytest.skip(f"Omniglot not found under {DATA}: set SMALLSAMPLE_DATA to the shared data folder")
+    return DATA

@@ -1,0 +1,67 @@
+import json
+import socket
+
+import pytest
+from PIL import Image
+
+from smallsample.cli import main
+
+FAST = ["steps=4", "steps_per_call=2", "log_every=2", "eval_every=2", "checkpoint_every=2",
+        "val_episodes=10", "test_episodes=20", "train_ways=5", "width=16"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data_dir):
+    d = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "quickstart", *FAST, "--run-dir", str(d), "--no-progress",
+                 "--data", str(data_dir)]) == 0
+    return d
+
+
+def test_train_reports_accuracy_and_writes_the_run(run_dir, capsys):
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["steps"] == 4 and res["test_episodes"] == 20
+    assert 0.2 <= res["test_accuracy"] <= 1.0
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["width"] == 16 and cfg["learner"] == "protonet"
+
+
+def test_eval_and_lake(run_dir, data_dir, capsys):
+    assert main(["eval", str(run_dir), "--episodes", "20", "--lake", "--data",
+                 str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "5-way 1-shot test accuracy" in out and "(20 episodes)" in out
+    assert "Lake's 20-way within-alphabet one-shot task (20 runs): error" in out
+    assert "published, Bayesian Program Learning: 3.3%" in out
+
+
+def test_resume_extends_the_run(run_dir, data_dir):
+    assert main(["train", "steps=6", "--run-dir", str(run_dir), "--resume", "--no-progress",
+                 "--data", str(data_dir)]) == 0
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 6
+
+
+def test_pictures(run_dir, data_dir, tmp_path):
+    assert main(["plot", str(run_dir), "--out", str(tmp_path / "c.png")]) == 0
+    assert Image.open(tmp_path / "c.png").size[0] > 300
+    assert main(["episode", "quickstart", "rotate=true", "--out", str(tmp_path / "e.png"),
+                 "--data", str(data_dir)]) == 0
+    assert Image.open(tmp_path / "e.png").size[0] > 300
+
+
+def test_data_listing(data_dir, capsys):
+    assert main(["data", "--data", str(data_dir)]) == 0
+    assert "omniglot/images_background.zip" in capsys.readouterr().out
+
+
+def test_errors_are_clear(tmp_path, capsys, monkeypatch):
+    with socket.socket() as s:  # downloads go to a local port where nobody listens
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("SMALLSAMPLE_OMNIGLOT_URL", f"http://127.0.0.1:{s.getsockname()[1]}/")
+    assert main(["train", "no-such-preset", "--run-dir", str(tmp_path / "x")]) == 2
+    assert "unknown preset 'no-such-preset'" in capsys.readouterr().err
+    assert main(["train", "quickstart", "--run-dir", str(tmp_path / "y"),
+                 "--data", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "could not download" in err and "images_background.zip" in err
+    assert main(["data", "--data", str(tmp_path / "empty")]) == 1

@@ -1,0 +1,149 @@
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from smallsample.config import Config, make_config
+from smallsample.episodes import sample_meta_batch
+from smallsample.evaluate import mean_ci95
+from smallsample.learners.protonet import protonet
+from smallsample.models.conv4 import Conv4
+from smallsample.train import (
+    TrainState,
+    init_state,
+    load_checkpoint,
+    make_sampler,
+    make_train_step,
+    meta_gradient,
+    save_checkpoint,
+    train,
+)
+
+RNG = np.random.default_rng(0)
+DATA = {"train": RNG.integers(0, 256, (10, 6, 8, 8, 1), dtype=np.uint8),
+        "val": RNG.integers(0, 256, (6, 6, 8, 8, 1), dtype=np.uint8),
+        "test": RNG.integers(0, 256, (6, 6, 8, 8, 1), dtype=np.uint8)}
+TINY = make_config(None, ["width=4", "ways=3", "shots=1", "queries=2", "train_queries=2",
+                          "meta_batch=4", "steps=6", "steps_per_call=2", "log_every=2",
+                          "eval_every=4", "checkpoint_every=2", "val_episodes=8",
+                          "test_episodes=10", "image_size=8"])
+
+
+def tiny_learner():
+    return protonet(Conv4(width=4, blocks=2), 3)
+
+
+def test_chunked_meta_gradient_equals_plain():
+    learner = tiny_learner()
+    eps = sample_meta_batch(jax.random.key(0), jnp.asarray(DATA["train"]), batch=4, ways=3,
+                            shots=1, queries=2)
+    params = learner.init(jax.random.key(1), eps.support_x[0])
+    key = jax.random.key(2)
+    plain = meta_gradient(learner, params, eps, key)
+    chunked = meta_gradient(learner, params, eps, key, chunks=2)
+    # conv biases before a batch-statistics norm have a zero true gradient: float noise only
+    chex.assert_trees_all_close(plain, chunked, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="meta-batch 4 is not divisible into 3 chunks"):
+        meta_gradient(learner, params, eps, key, chunks=3)
+
+
+def test_step_traces_once_and_is_deterministic():
+    learner = tiny_learner()
+    opt = optax.adam(1e-3)
+    sample = make_sampler(meta_batch=4, ways=3, shots=1, queries=2)
+    step = make_train_step(learner, opt, sample, steps_per_call=2, batch=4)
+    traced = chex.assert_max_traces(step, n=1)
+    jitted = jax.jit(traced)
+    data = jnp.asarray(DATA["train"])
+
+    def run():
+        state = init_state(learner, opt, jnp.zeros((2, 8, 8, 1)), seed=0)
+        losses = []
+        for _ in range(3):
+            state, m = jitted(state, data)
+            losses.append(np.asarray(m["loss"]))
+        return state, np.concatenate(losses)
+
+    s1, l1 = run()
+    s2, l2 = run()  # second run: no retrace, identical numbers
+    np.testing.assert_array_equal(l1, l2)
+    chex.assert_trees_all_equal(s1.params, s2.params)
+    assert int(s1.step) == 6 and l1.shape == (6,)
+
+
+def test_checkpoint_round_trip_and_failed_write_keeps_the_old_file(tmp_path):
+    learner = tiny_learner()
+    opt = optax.adam(1e-3)
+    state = init_state(learner, opt, jnp.zeros((2, 8, 8, 1)), seed=0)
+    path = tmp_path / "checkpoint.msgpack"
+    save_checkpoint(path, state)
+    good = path.read_bytes()
+    restored = load_checkpoint(path, state)
+    chex.assert_trees_all_equal(restored, jax.device_get(state))
+    bad = state._replace(params={"not": object()})  # cannot be serialised
+    with pytest.raises(Exception):
+        save_checkpoint(path, bad)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.msgpack"]
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="checkpoint .*checkpoint.msgpack cannot be read"):
+        load_checkpoint(path, state)
+
+
+def test_train_writes_a_run_folder(tmp_path):
+    result = train(TINY, tmp_path / "run", progress=False, data=DATA, log=lambda s: None)
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert {"config.json", "metrics.jsonl", "checkpoint.msgpack", "results.json",
+            "best.msgpack", "test_accuracies.npy"} <= set(names)
+    assert Config.from_json((tmp_path / "run" / "config.json").read_text()) == TINY
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split("\n")
+             if x]
+    assert [r["step"] for r in lines if "loss" in r] == [2, 4, 6]
+    assert [r["step"] for r in lines if "val_accuracy" in r] == [4, 6]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["steps"] == 6 and res["test_episodes"] == 10
+    accs = np.load(tmp_path / "run" / "test_accuracies.npy")
+    assert res["test_accuracy"] == pytest.approx(mean_ci95(accs).mean)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(TINY, tmp_path / "run", progress=False, data=DATA)
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = train(TINY, tmp_path / "full", progress=False, data=DATA, log=lambda s: None)
+    train(TINY.replace(steps=2), tmp_path / "split", progress=False, data=DATA,
+          log=lambda s: None)
+    resumed = train(TINY, tmp_path / "split", resume=True, progress=False, data=DATA,
+                    log=lambda s: None)
+    assert resumed.steps == full.steps == 6
+    template = init_state(tiny_learner(), optax.adam(1e-3), jnp.zeros((2, 8, 8, 1)), 0)
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.msgpack", template)
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.msgpack", template)
+    chex.assert_trees_all_close(a.params, b.params, rtol=1e-6)
+    losses = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text()
+                        .split("\n") if x and "loss" in x]
+    np.testing.assert_allclose(losses(tmp_path / "full"), losses(tmp_path / "split"), rtol=1e-6)
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="unknown setting 'stepz'"):
+        make_config(None, ["stepz=3"])
+    with pytest.raises(ValueError, match="setting steps='x': expected a int"):
+        make_config(None, ["steps=x"])
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        make_config("nope")
+
+
+def test_non_finite_loss_stops_the_run(tmp_path):
+    cfg = TINY.replace(lr=float("inf"), steps=8, eval_every=8, checkpoint_every=8, log_every=2)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        train(cfg, tmp_path / "nan", progress=False, data=DATA, log=lambda s: None)
+
+
+def test_trainstate_is_a_pytree():
+    s = TrainState(jnp.zeros(()), {"w": jnp.ones(2)}, (), jnp.zeros(2, jnp.uint32))
+    assert len(jax.tree.leaves(s)) == 3
+
