@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(os.environ.get("SMALLSAMPLE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(os.environ.get("SMALLSAMPLE_DATA", SHARED))
 
 
 def pytest_configure(config):
@@ -16,5 +17,5 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA / "omniglot" / "images_background.zip").exists():
-        pytest.skip(f"Omniglot not found under {DATA}: set SMALLSAMPLE_DATA to the shared data folder")
+        pytest.skip(f"Omniglot not found under {DATA}: set SMALLSAMPLE_DATA to the data folder")
     return DATA

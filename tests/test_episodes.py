@@ -58,7 +58,7 @@ def test_jit_matches_eager_and_keys_matter():
     key = jax.random.key(3)
     eager = draw(key)
     jitted = jax.jit(lambda k: draw(k))(key)
-    for a, b in zip(eager, jitted):
+    for a, b in zip(eager, jitted, strict=True):
         np.testing.assert_array_equal(a, b)
     other = draw(jax.random.key(4))
     assert not np.array_equal(eager.support_x, other.support_x)

@@ -85,7 +85,7 @@ def test_checkpoint_round_trip_and_failed_write_keeps_the_old_file(tmp_path):
     restored = load_checkpoint(path, state)
     chex.assert_trees_all_equal(restored, jax.device_get(state))
     bad = state._replace(params={"not": object()})  # cannot be serialised
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError):
         save_checkpoint(path, bad)
     assert path.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.msgpack"]
@@ -95,7 +95,7 @@ def test_checkpoint_round_trip_and_failed_write_keeps_the_old_file(tmp_path):
 
 
 def test_train_writes_a_run_folder(tmp_path):
-    result = train(TINY, tmp_path / "run", progress=False, data=DATA, log=lambda s: None)
+    train(TINY, tmp_path / "run", progress=False, data=DATA, log=lambda s: None)
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert {"config.json", "metrics.jsonl", "checkpoint.msgpack", "results.json",
             "best.msgpack", "test_accuracies.npy"} <= set(names)
