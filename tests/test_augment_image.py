@@ -281,6 +281,17 @@ def test_erase_matches_numpy_and_cutout_erasing_are_boxes():
                 assert 0.05 <= area <= 0.4, area
 
 
+def test_elastic_matches_scipy_map_coordinates():
+    image = _image(13, (9, 10, 2))
+    field = np.random.default_rng(1).uniform(-2.5, 2.5, (9, 10, 2))
+    rows, cols = np.meshgrid(np.arange(9), np.arange(10), indexing="ij")
+    ref = np.stack([ndi.map_coordinates(_np(image)[..., c], [rows + field[..., 0],
+                                                             cols + field[..., 1]],
+                                        order=1, mode="nearest") for c in range(2)], -1)
+    out = jax.jit(A.elastic)(image, jnp.asarray(field, jnp.float32))
+    np.testing.assert_allclose(out, ref, atol=2e-5)
+
+
 def test_gaussian_noise_statistics_and_elastic_identity():
     image = _image(11, (64, 64, 3))
     noise = np.asarray(A.random_gaussian_noise(jax.random.key(0), image, std=0.1), np.float64)

