@@ -39,20 +39,20 @@ def test_r2d2_logits_and_gradients():
     ep = Episode(jnp.asarray(rng.normal(size=(4, 3))), jnp.array([0, 1, 0, 1]),
                  jnp.asarray(rng.normal(size=(6, 3))), jnp.array([0, 1, 0, 1, 1, 0]))
     learner = r2d2(Embed(), 2, lam=0.5, scale=2.0)
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
-                          jax.jit(learner.init)(jax.random.key(0), ep.support_x))
-    params["head"]["bias"] = jnp.asarray(0.3)
+    rng = np.random.default_rng(0)
+    structure = jax.eval_shape(learner.init, jax.random.key(0), ep.support_x)
+    params = jax.tree.map(lambda s: rng.normal(size=s.shape), structure)
+    params["head"] = {"scale": np.float64(2.0), "bias": np.float64(0.3),
+                      "log_lambda": np.log(0.5)}
 
     def logits_fn(p):
         return learner.predict(p, learner.adapt(p, ep.support_x, ep.support_y, None), ep.query_x)
 
     logits = jax.jit(logits_fn)(params)
-    apply = jax.jit(Embed().apply)
-    xs = np.asarray(apply({"params": params["model"]}, ep.support_x))
-    xq = np.asarray(apply({"params": params["model"]}, ep.query_x))
-    lam = float(np.exp(params["head"]["log_lambda"]))  # 0.5 up to the float32 initial value
-    np.testing.assert_allclose(lam, 0.5, rtol=1e-6)
-    w = np.linalg.solve(xs.T @ xs + lam * np.eye(6), xs.T @ np.eye(2)[np.asarray(ep.support_y)])
+    dense = params["model"]["Dense_0"]
+    xs = np.tanh(np.asarray(ep.support_x) @ dense["kernel"] + dense["bias"])
+    xq = np.tanh(np.asarray(ep.query_x) @ dense["kernel"] + dense["bias"])
+    w = np.linalg.solve(xs.T @ xs + 0.5 * np.eye(6), xs.T @ np.eye(2)[np.asarray(ep.support_y)])
     np.testing.assert_allclose(logits, 2.0 * xq @ w + 0.3, rtol=1e-10)
 
     fn = jax.jit(lambda p: task_loss_and_grad(learner, p, ep, None))
@@ -72,8 +72,10 @@ def test_r2d2_logits_and_gradients():
 
 def test_fixed_lambda_is_not_a_parameter_and_bad_lambda_raises():
     learner = r2d2(Embed(), 2, lam=2.0, learn_lambda=False)
-    params = jax.jit(learner.init)(jax.random.key(0), jnp.ones((2, 3)))
+    params = jax.eval_shape(learner.init, jax.random.key(0), jnp.ones((2, 3)))
     assert set(params["head"]) == {"scale", "bias"}
+    assert set(jax.eval_shape(r2d2(Embed(), 2).init, jax.random.key(0), jnp.ones((2, 3)))["head"]
+               ) == {"scale", "bias", "log_lambda"}
     with pytest.raises(ValueError, match="lam"):
         r2d2(Embed(), 2, lam=0.0)
     with pytest.raises(ValueError, match=r"\[n, d\]"):

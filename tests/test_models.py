@@ -99,14 +99,15 @@ def test_resnet12_has_metaoptnets_parameter_count():
 
 
 def test_conv4_initialisation_follows_learn2learn():
-    model = Conv4(downsample="stride", num_classes=5, bn_scale_init="uniform")
-    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))["params"]
+    model = Conv4(downsample="stride", num_classes=5, bn_scale_init="uniform", blocks=2)
+    # an 'rbg' key: the same distributions, and its sampler compiles faster than threefry's
+    params = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((2, 4, 4, 1)))["params"]
     kernel = np.asarray(params["Conv_1"]["kernel"])  # 3x3x64x64, Xavier uniform
     bound = np.sqrt(6 / (9 * 64 + 9 * 64))
     assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.98 * bound
     np.testing.assert_allclose(kernel.var(), bound ** 2 / 3, rtol=0.05)
-    scales = np.concatenate([np.asarray(params[f"BatchStatNorm_{i}"]["scale"]) for i in range(4)])
-    assert scales.min() >= 0 and scales.max() < 1 and abs(scales.mean() - 0.5) < 0.06
+    scales = np.concatenate([np.asarray(params[f"BatchStatNorm_{i}"]["scale"]) for i in range(2)])
+    assert scales.min() >= 0 and scales.max() < 1 and abs(scales.mean() - 0.5) < 0.08
     head = np.asarray(params["head"]["kernel"])  # N(0, 1), zero bias
     assert abs(head.std() - 1) < 0.15 and abs(head.mean()) < 0.2
     np.testing.assert_array_equal(params["head"]["bias"], 0)
@@ -117,8 +118,8 @@ def test_conv4_lowerings_agree_in_values_and_gradients():
     x, y = rng.normal(size=(4, 8, 8, 1)), rng.normal(size=(4, 3))
     models = {impl: Conv4(width=3, blocks=2, downsample="stride", num_classes=3, conv_impl=impl)
               for impl in ("xla", "im2col")}
-    params = jax.tree.map(lambda a: np.asarray(a, np.float64),
-                          jax.jit(models["xla"].init)(jax.random.key(0), x)["params"])
+    structure, _ = shapes(models["xla"], x.shape)
+    params = jax.tree.map(lambda s: rng.normal(size=s.shape), structure["params"])
 
     def value_and_grad(impl):
         loss = lambda p: jnp.sum(models[impl].apply({"params": p}, x) * y)
