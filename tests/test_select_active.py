@@ -1,5 +1,7 @@
 """Active selection: uncertainty rankings, BADGE gradient embeddings and k-means++, core-set."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,11 @@ from scipy import special, stats
 from scipy.spatial.distance import cdist
 
 from smallsample import select as S
+
+# Test-local compile options: a fraction of the default compile time for these small programs
+# on a busy CPU, same numbers (no global config is touched).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
 
 KEY = jax.random.key(5)
 RNG = np.random.default_rng(7)
@@ -20,7 +27,7 @@ LABELED[[0, 5, 9, 17, 22]] = True
 
 
 def test_uncertainty_select_matches_numpy_rankings_and_skips_labeled():
-    @jax.jit
+    @jit
     def run(logits, labeled):
         return {m: (S.uncertainty_select(logits, k=6, method=m),
                     S.uncertainty_select(logits, k=6, method=m, labeled=labeled))
@@ -46,7 +53,7 @@ def test_badge_embeddings_are_last_layer_gradients_at_the_predicted_label():
         logits = f @ w
         return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.argmax(logits))
 
-    @jax.jit
+    @jit
     def run(feats):
         return (S.badge_embeddings(feats @ W, feats),
                 jax.vmap(jax.grad(ce), in_axes=(None, 0))(W, feats))  # [N, D, C]
@@ -58,7 +65,7 @@ def test_badge_embeddings_are_last_layer_gradients_at_the_predicted_label():
 
 
 def test_badge_select_is_kmeans_pp_from_the_largest_unlabelled_gradient():
-    @jax.jit
+    @jit
     def run(key, logits, feats, labeled):
         g = S.badge_embeddings(logits, feats)
         norms = jnp.sum(g * g, -1)
@@ -77,7 +84,7 @@ def test_badge_select_is_kmeans_pp_from_the_largest_unlabelled_gradient():
 def test_coreset_select_starts_from_the_labelled_set():
     pool = RNG.normal(size=(25, 2))
     lab = RNG.normal(size=(3, 2))
-    res = jax.jit(lambda p, q: S.coreset_select(p, q, k=4))(jnp.asarray(pool, jnp.float32),
+    res = jit(lambda p, q: S.coreset_select(p, q, k=4))(jnp.asarray(pool, jnp.float32),
                                                              jnp.asarray(lab, jnp.float32))
     assert int(res.indices[0]) == int(np.argmax(cdist(pool, lab).min(1)))
     chosen = np.asarray(res.indices)

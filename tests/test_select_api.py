@@ -1,5 +1,6 @@
 """API conventions of smallsample.select, and eager == jit for every public function."""
 
+import functools
 import inspect
 
 import jax
@@ -8,6 +9,11 @@ import numpy as np
 import pytest
 
 from smallsample import select as S
+
+# Test-local compile options: a fraction of the default compile time for these small programs
+# on a busy CPU, same numbers (no global config is touched).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
 
 KEY = jax.random.key(1)
 RNG = np.random.default_rng(0)
@@ -79,7 +85,7 @@ def test_every_public_function_is_covered():
 def test_eager_and_jit_agree(name):
     fn, args, kwargs = CASES[name]
     eager = fn(*args, **kwargs)
-    jitted = jax.jit(lambda *a: fn(*a, **kwargs))(*args)
+    jitted = jit(lambda *a: fn(*a, **kwargs))(*args)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
                  eager, jitted)
 
@@ -97,8 +103,11 @@ def test_conventions_key_first_and_options_keyword_only(name):
 
 def test_vmap_over_keys_matches_a_loop_and_keys_matter():
     keys = jax.random.split(KEY, 3)
-    one_key = jax.jit(lambda k: S.importance_sample(k, LW, k=4, replace=False))
-    batched = jax.jit(jax.vmap(one_key))(keys)
+    def draw(k):
+        return S.importance_sample(k, LW, k=4, replace=False)
+
+    one_key = jit(draw)
+    batched = jit(jax.vmap(draw))(keys)
     for i in range(3):
         one = one_key(keys[i])
         np.testing.assert_array_equal(batched.indices[i], one.indices)

@@ -1,5 +1,6 @@
 """Coresets against float64 NumPy references, step for step, and their defining properties."""
 
+import functools
 import itertools
 
 import jax
@@ -10,6 +11,11 @@ from scipy import stats
 from scipy.spatial.distance import cdist
 
 from smallsample import select as S
+
+# Test-local compile options: a fraction of the default compile time for these small programs
+# on a busy CPU, same numbers (no global config is touched).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
 
 KEY = jax.random.key(3)
 
@@ -82,7 +88,7 @@ def test_k_center_matches_float64_reference_step_for_step():
     x = points()
     lab = points(4, seed=1)
     with jax.enable_x64(True):
-        run = jax.jit(lambda x, lab: [
+        run = jit(lambda x, lab: [
             (S.k_center_greedy(x, k=12, first=7, precise=p),
              S.k_center_greedy(x, k=12, initial_centers=lab, precise=p)) for p in (True, False)])
         out = run(jnp.asarray(x), jnp.asarray(lab))
@@ -97,7 +103,7 @@ def test_k_center_matches_float64_reference_step_for_step():
 
 def test_k_center_float32_radius_never_increases_and_prefixes_agree():
     x = points(80, 6, seed=2)
-    run = jax.jit(lambda x: (S.k_center_greedy(x, k=30), S.k_center_greedy(x, k=9),
+    run = jit(lambda x: (S.k_center_greedy(x, k=30), S.k_center_greedy(x, k=9),
                              S.k_center_greedy(x, k=30, precise=True)))
     big, small, precise = run(jnp.asarray(x, jnp.float32))
     ref_idx, ref_radii = ref_k_center(x, 30)
@@ -117,7 +123,7 @@ def test_k_center_float32_radius_never_increases_and_prefixes_agree():
 def test_herding_matches_float64_reference_and_beats_random_subsets():
     x = points(50, 4, seed=3)
     with jax.enable_x64(True):
-        idx, idx_precise = jax.jit(lambda x: (S.herding(x, k=10),
+        idx, idx_precise = jit(lambda x: (S.herding(x, k=10),
                                               S.herding(x, k=10, precise=True)))(jnp.asarray(x))
     np.testing.assert_array_equal(idx, ref_herding(x, 10))
     np.testing.assert_array_equal(idx_precise, ref_herding(x, 10))
@@ -134,7 +140,7 @@ def test_kmeans_pp_matches_reference_with_the_same_draws_and_d2_law():
     with jax.enable_x64(True):
         gumbels = np.stack([np.asarray(jax.random.gumbel(jax.random.fold_in(KEY, j), (n,),
                                                          jnp.float64)) for j in range(k)])
-        idx, idx_precise = jax.jit(lambda x: (S.kmeans_plus_plus(KEY, x, k=k),
+        idx, idx_precise = jit(lambda x: (S.kmeans_plus_plus(KEY, x, k=k),
                                               S.kmeans_plus_plus(KEY, x, k=k, precise=True)))(
             jnp.asarray(x))
     first = int(np.argmax(gumbels[0]))
@@ -144,7 +150,7 @@ def test_kmeans_pp_matches_reference_with_the_same_draws_and_d2_law():
     reps = 4000
     mask = jnp.arange(n) % 3 == 0
 
-    @jax.jit
+    @jit
     def run(key, x):
         keys = jax.random.split(key, reps)
         return (jax.vmap(lambda k: S.kmeans_plus_plus(k, x, k=2, first=0)[1])(keys),
@@ -166,7 +172,7 @@ def test_kmeans_pp_matches_reference_with_the_same_draws_and_d2_law():
 def test_facility_location_matches_reference_and_is_near_optimal():
     x = points(12, 2, seed=6)
     with jax.enable_x64(True):
-        run = jax.jit(lambda x: (S.rbf_similarity(x, x, gamma=0.5),
+        run = jit(lambda x: (S.rbf_similarity(x, x, gamma=0.5),
                                  S.facility_location_greedy(
                                      S.rbf_similarity(x, x, gamma=0.5), k=6)))
         sim, res = run(jnp.asarray(x))

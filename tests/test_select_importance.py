@@ -1,6 +1,8 @@
 """Importance sampling: frequencies (chi-square), distinctness, unbiasedness of the estimators,
 effective sample size, weighted losses, and the per-example weight sources against references."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,13 +12,18 @@ from scipy import special, stats
 
 from smallsample import select as S
 
+# Test-local compile options: a fraction of the default compile time for these small programs
+# on a busy CPU, same numbers (no global config is touched).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
+
 KEY = jax.random.key(42)
 P = np.array([0.05, 0.1, 0.2, 0.0, 0.3, 0.15, 0.12, 0.08])  # one zero weight
 LOGP = jnp.log(jnp.asarray(P, jnp.float32) * 7.0)  # unnormalised on purpose
 
 
 def test_with_replacement_frequencies_match_weights():
-    idx = np.asarray(jax.jit(lambda key: S.sample_with_replacement(key, LOGP, k=40000))(KEY))
+    idx = np.asarray(jit(lambda key: S.sample_with_replacement(key, LOGP, k=40000))(KEY))
     counts = np.bincount(idx, minlength=len(P))
     assert counts[3] == 0  # zero weight never drawn
     nz = P > 0
@@ -26,7 +33,7 @@ def test_with_replacement_frequencies_match_weights():
 
 def test_gumbel_top_k_distinct_and_successive_sampling_law():
     reps = 20000
-    draws = np.asarray(jax.jit(jax.vmap(lambda k: S.sample_without_replacement(k, LOGP, k=2)))(
+    draws = np.asarray(jit(jax.vmap(lambda k: S.sample_without_replacement(k, LOGP, k=2)))(
         jax.random.split(KEY, reps)))
     assert (draws[:, 0] != draws[:, 1]).all()
     # first draw ~ p; second ~ sum_j p_j p_i / (1 - p_j) (successive sampling)
@@ -63,14 +70,14 @@ def test_importance_estimators_unbiased_within_standard_error():
                     jnp.sum(t.raw_weights * fj[t.indices]), jnp.sum(t.weights * fj[t.indices])]
         return jnp.stack(out)
 
-    est = np.asarray(jax.jit(jax.vmap(estimates))(jax.random.split(KEY, reps)), np.float64)
+    est = np.asarray(jit(jax.vmap(estimates))(jax.random.split(KEY, reps)), np.float64)
     truth = np.array([true_uniform, true_uniform, true_target, true_target] * 2)
     se = est.std(0, ddof=1) / np.sqrt(reps)
     assert np.all(np.abs(est.mean(0) - truth) < 4 * se + 1e-4), (est.mean(0), truth, se)
 
 
 def test_importance_sample_weights_normalised_and_exact_when_k_equals_n():
-    @jax.jit
+    @jit
     def run(key):
         return (S.importance_sample(key, LOGP, k=5, replace=False),
                 S.importance_sample(key, jnp.log(jnp.arange(1.0, 7.0)), k=6, replace=False),
@@ -91,7 +98,7 @@ def test_effective_sample_size_and_weighted_losses():
     labels = rng.integers(0, 4, size=30)
     vals = rng.normal(size=(30, 3))
 
-    @jax.jit
+    @jit
     def run(w, lw, logits, labels, vals, ce):
         return dict(
             flat=S.effective_sample_size(jnp.full(17, 0.3)),
@@ -133,7 +140,7 @@ def test_scores_against_references():
     def ce(w, f, y):
         return optax.softmax_cross_entropy_with_integer_labels(f @ w + b, y)
 
-    @jax.jit
+    @jit
     def run(L, Y, F, E):
         return dict(
             loss=S.loss_scores(L, Y), entropy=S.entropy_scores(L),
@@ -163,7 +170,7 @@ def test_scores_against_references():
 def test_log_weights_from_scores():
     s = np.array([0.0, 1.0, 3.0, 4.0])
 
-    @jax.jit
+    @jit
     def run(s):
         return (S.log_weights_from_scores(s, power=2.0, mix=0.2),
                 S.log_weights_from_scores(jnp.zeros(4)), S.log_weights_from_scores(s))
@@ -205,6 +212,6 @@ def test_bad_weights_and_sizes_raise():
 
 def test_value_checks_are_skipped_under_jit():
     # Documented behaviour: traced values cannot raise; NaN weights propagate instead.
-    out = jax.jit(lambda lw: S.importance_sample(KEY, lw, k=2).weights)(
+    out = jit(lambda lw: S.importance_sample(KEY, lw, k=2).weights)(
         jnp.array([0.0, jnp.nan, 1.0]))
     assert out.shape == (2,)

@@ -1,5 +1,7 @@
 """The online importance sampler: EMA bookkeeping, proposal, sampling law, unbiased losses."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,11 @@ import pytest
 from scipy import stats
 
 from smallsample import select as S
+
+# Test-local compile options: a fraction of the default compile time for these small programs
+# on a busy CPU, same numbers (no global config is touched).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
 
 KEY = jax.random.key(11)
 
@@ -18,7 +25,7 @@ def test_update_is_an_ema_of_the_losses_seen():
     batches = [np.array([1, 4, 7]), np.array([4, 2, 9]), np.array([7, 4, 0])]
     losses = [np.array([1.0, 2.0, 3.0]), np.array([0.5, 4.0, 1.5]), np.array([2.0, 0.0, 6.0])]
 
-    @jax.jit
+    @jit
     def run(batches, losses):
         def body(state, bl):
             return sampler.update(state, *bl), None
@@ -38,7 +45,7 @@ def test_proposal_uniform_first_then_optimistic_and_mixed():
     n, mix = 6, 0.2
     sampler = S.online_importance_sampler(n, batch_size=2, mix=mix)
 
-    @jax.jit
+    @jit
     def run():
         s0 = sampler.init()
         s1 = sampler.update(s0, jnp.array([0, 3]), jnp.array([1.0, 3.0]))
@@ -58,7 +65,7 @@ def test_sample_law_and_unbiased_weighted_loss(replace):
     sampler = S.online_importance_sampler(n, batch_size=k, mix=0.1, replace=replace)
     state = sampler.init(jnp.asarray(loss, jnp.float32))
 
-    @jax.jit
+    @jit
     def run(key):
         def one(key):
             b = sampler.sample(key, state)
@@ -82,7 +89,7 @@ def test_training_loop_step_traces_once():
     sampler = S.online_importance_sampler(n, batch_size=4, decay=0.5, mix=0.2)
     true_loss = jnp.linspace(0.0, 3.0, n)
 
-    @jax.jit
+    @jit
     @chex.assert_max_traces(n=1)
     def step(state, key):
         batch = sampler.sample(key, state)
@@ -93,7 +100,7 @@ def test_training_loop_step_traces_once():
         state = step(state, key)
     assert int(state.count) == 20
     # high-loss examples end up with a higher proposal probability
-    p = np.asarray(jax.jit(sampler.probabilities)(state))
+    p = np.asarray(jit(sampler.probabilities)(state))
     seen = np.asarray(state.seen)
     assert seen.sum() >= 10
     assert np.corrcoef(p[seen], np.asarray(true_loss)[seen])[0, 1] > 0.9

@@ -4,6 +4,8 @@ Each test computes what it needs in one jitted function (one compilation); eager
 compared with jitted ones in test_select_api.py.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,11 @@ import pytest
 from scipy import stats
 
 from smallsample import select as S
+
+# Test-local compile options: a fraction of the default compile time for these small programs
+# on a busy CPU, same numbers (no global config is touched).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
 
 KEY = jax.random.key(0)
 
@@ -23,7 +30,7 @@ def test_filters_match_numpy():
     allowed = np.zeros(30, bool)
     allowed[[3, 8, 11]] = True
 
-    @jax.jit
+    @jit
     def run(mask, scores, threshold, ranked, allowed):
         data = {"x": jnp.arange(10.0), "y": jnp.arange(10) % 3}
         return dict(
@@ -52,7 +59,7 @@ def test_filters_match_numpy():
 
 
 def test_uniform_without_replacement_distinct_and_with_replacement_uniform():
-    @jax.jit
+    @jit
     def run(key):
         perms = jax.vmap(lambda k: S.uniform(k, 10, k=10))(jax.random.split(key, 2000))
         return perms, S.uniform(key, 10, k=20000, replace=True)
@@ -68,7 +75,7 @@ def test_stratified_per_class_members_distinct_uniform_and_with_replacement():
     y = np.array([0, 1, 2, 1, 0, 2, 2, 0, 1, 2, 2, 0])
     reps = 1000
 
-    @jax.jit
+    @jit
     def run(key, labels):
         many = jax.vmap(lambda k: S.stratified(k, labels, num_classes=3, per_class=3))(
             jax.random.split(key, reps))
@@ -100,7 +107,7 @@ def test_stratified_empty_or_small_class_eager_error_and_jit_mask():
         S.stratified(KEY, jnp.array([0, 3]), num_classes=3, per_class=1)
     with pytest.raises(ValueError, match="integers"):
         S.stratified(KEY, jnp.array([0.0, 1.0]), num_classes=2, per_class=1)
-    sel = jax.jit(lambda y: S.stratified(KEY, y, num_classes=3, per_class=4))(labels)
+    sel = jit(lambda y: S.stratified(KEY, y, num_classes=3, per_class=4))(labels)
     np.testing.assert_array_equal(np.asarray(sel.valid).reshape(3, 4),
                                   [[1, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
 
@@ -108,7 +115,7 @@ def test_stratified_empty_or_small_class_eager_error_and_jit_mask():
 def test_class_balanced_equalises_classes_and_reweights_back():
     y = np.array([0] * 12 + [1] * 3 + [2] * 1)
 
-    @jax.jit
+    @jit
     def run(key, labels):
         return (S.class_balanced_log_weights(labels, num_classes=3),
                 S.class_balanced(key, labels, num_classes=3, k=30000))
