@@ -58,18 +58,13 @@ def cmd_train(args) -> int:
 
 
 def _restore(run_dir: Path, config: Config, ways: int, test: bool = True):
-    import jax.numpy as jnp  # noqa: PLC0415
-
     from smallsample.registry import build_learner  # noqa: PLC0415
-    from smallsample.train import init_state, load_checkpoint, make_optimizer  # noqa: PLC0415
+    from smallsample.train import load_params  # noqa: PLC0415
 
     learner = build_learner(config, ways=ways, test=test)
-    train_learner = build_learner(config, ways=config.effective_train_ways)
-    example = jnp.zeros((2, config.image_size, config.image_size, 1), jnp.float32)
-    template = init_state(train_learner, make_optimizer(config), example, config.seed)
     for name in ("best.msgpack", "checkpoint.msgpack"):
         if (run_dir / name).exists():
-            return learner, load_checkpoint(run_dir / name, template).params, name
+            return learner, load_params(run_dir / name), name
     raise SystemExit(f"error: {run_dir} has no checkpoint (best.msgpack or checkpoint.msgpack)")
 
 

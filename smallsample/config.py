@@ -27,6 +27,7 @@ class Config:
     train_shots: int = 0              # 0: same as shots
     train_queries: int = 15
     meta_batch: int = 1
+    pretrain_batch: int = 64          # images per step of supervised pre-training (baselines)
     rotate: bool = False              # random 90-degree rotation of whole classes while training
     augment: str = ""                 # augmentation pipeline spec (smallsample.augment)
     # learner

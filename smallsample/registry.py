@@ -35,7 +35,7 @@ def backbone(config: Config, num_classes: int | None = None):
                      conv_impl=config.conv_impl, bn_scale_init="uniform")
     if config.backbone == "resnet12":
         from smallsample.models.resnet12 import ResNet12  # noqa: PLC0415
-        return ResNet12(num_classes=num_classes)
+        return ResNet12(num_classes=num_classes, conv_impl=config.conv_impl)
     raise ValueError(f"unknown backbone {config.backbone!r}; use conv4, conv4-stride, resnet12")
 
 
@@ -45,7 +45,46 @@ def build_learner(config: Config, *, ways: int, test: bool = False) -> Learner:
     ``test=True`` gives the evaluation variant (e.g. MAML with ``test_inner_steps``).
     """
     name = config.learner
+    steps = config.effective_test_inner_steps if test else config.inner_steps
     if name == "protonet":
         from smallsample.learners.protonet import protonet  # noqa: PLC0415
         return protonet(backbone(config), ways)
-    raise ValueError(f"unknown learner {name!r}")
+    if name in MAML_VARIANTS:
+        from smallsample.learners.maml import maml  # noqa: PLC0415
+        return maml(backbone(config, num_classes=ways), ways, inner_steps=steps,
+                    inner_lr=config.inner_lr, remat=config.remat, **MAML_VARIANTS[name])
+    if name == "reptile":
+        from smallsample.learners.maml import reptile  # noqa: PLC0415
+        return reptile(backbone(config, num_classes=ways), ways, inner_steps=steps,
+                       inner_lr=config.inner_lr)
+    if name == "imaml":
+        from smallsample.learners.maml import imaml  # noqa: PLC0415
+        return imaml(backbone(config, num_classes=ways), ways, inner_steps=steps,
+                     inner_lr=config.inner_lr)
+    if name == "matching":
+        from smallsample.learners.metric import matching_net  # noqa: PLC0415
+        return matching_net(backbone(config), ways)
+    if name == "r2d2":
+        from smallsample.learners.closed_form import r2d2  # noqa: PLC0415
+        return r2d2(backbone(config), ways)
+    if name in ("baseline", "baseline++"):
+        from smallsample.learners.finetune import finetune  # noqa: PLC0415
+        return finetune(backbone(config), ways, head="cosine" if name == "baseline++" else "linear")
+    raise ValueError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
+
+
+MAML_VARIANTS = {"maml": {}, "fomaml": {"first_order": True}, "anil": {"head_only": True},
+                 "metasgd": {"learn_inner_lr": True}}
+LEARNERS = ("protonet", *MAML_VARIANTS, "reptile", "imaml", "matching", "r2d2", "baseline",
+            "baseline++")
+
+
+def is_pretrained(config: Config) -> bool:
+    """Whether the learner is trained by supervised pre-training over all training classes."""
+    return config.learner in ("baseline", "baseline++")
+
+
+def build_pretrainer(config: Config, num_classes: int):
+    from smallsample.learners.finetune import pretrainer  # noqa: PLC0415
+    return pretrainer(backbone(config), num_classes,
+                      head="cosine" if config.learner == "baseline++" else "linear")

@@ -27,7 +27,7 @@ import optax
 
 from smallsample.config import Config
 from smallsample.data.files import atomic_write_bytes
-from smallsample.episodes import Episode, sample_meta_batch
+from smallsample.episodes import Episode, sample_meta_batch, to_float
 from smallsample.evaluate import Result, evaluate, make_eval_fn
 from smallsample.learners.base import Learner, task_loss_and_grad
 from smallsample.parallel import check_divisible, shard_tasks
@@ -127,6 +127,36 @@ def make_train_step(learner: Learner, optimizer: optax.GradientTransformation, s
     return step
 
 
+def make_pretrain_step(pretrainer, optimizer: optax.GradientTransformation, *, batch: int,
+                       steps_per_call: int = 1, per_class: int | None = None, augment=None):
+    """``step(state, data) -> (state, metrics)`` of supervised pre-training over all classes.
+
+    Each step draws ``batch`` (class, example) pairs uniformly from the class-indexed ``data`` and
+    takes one optimizer step on ``pretrainer.loss`` (fine-tuning baselines).
+    """
+
+    def one_step(state: TrainState, data):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        k_c, k_e, k_aug = jax.random.split(key, 3)
+        n = data.shape[1] if per_class is None else per_class
+        classes = jax.random.randint(k_c, (batch,), 0, data.shape[0])
+        examples = jax.random.randint(k_e, (batch,), 0, n)
+        x = to_float(data[classes, examples])
+        if augment is not None:
+            x = jax.vmap(augment)(jax.random.split(k_aug, batch), x)
+        (loss, acc), grads = jax.value_and_grad(pretrainer.loss, has_aux=True)(
+            state.params, x, classes)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state._replace(step=state.step + 1, params=params, opt_state=opt_state), \
+            {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
+
+    def step(state: TrainState, data):
+        return jax.lax.scan(lambda s, _: one_step(s, data), state, None, length=steps_per_call)
+
+    return step
+
+
 def make_optimizer(config: Config) -> optax.GradientTransformation:
     if config.lr_decay_every:
         lr = optax.exponential_decay(config.lr, config.lr_decay_every, 0.5, staircase=True)
@@ -147,6 +177,16 @@ def init_state(learner: Learner, optimizer, example_x: jax.Array, seed: int) -> 
 def save_checkpoint(path: Path, state: TrainState) -> None:
     """Serialises ``state`` to ``path`` atomically (an interrupted write keeps the old file)."""
     atomic_write_bytes(Path(path), flax.serialization.to_bytes(jax.device_get(state)))
+
+
+def load_params(path: Path):
+    """Only the parameters of a checkpoint, as nested dicts of arrays (no template needed)."""
+    path = Path(path)
+    try:
+        raw = flax.serialization.msgpack_restore(path.read_bytes())
+        return jax.tree.map(jnp.asarray, raw["params"])
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
 
 
 def load_checkpoint(path: Path, template: TrainState) -> TrainState:
@@ -190,7 +230,12 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     ``results.json``. With ``resume=True`` the run continues from ``checkpoint.msgpack`` with the
     saved config.
     """
-    from smallsample.registry import build_learner, load_data  # noqa: PLC0415 (avoid a cycle)
+    from smallsample.registry import (  # noqa: PLC0415 (avoid a cycle)
+        build_learner,
+        build_pretrainer,
+        is_pretrained,
+        load_data,
+    )
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
@@ -208,7 +253,11 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
 
     data = data if data is not None else load_data(config)
     train_ways = config.effective_train_ways
-    learner = build_learner(config, ways=train_ways)
+    train_x = jnp.asarray(data["train"])
+    if is_pretrained(config):
+        learner = build_pretrainer(config, num_classes=train_x.shape[0])
+    else:
+        learner = build_learner(config, ways=train_ways)
     optimizer = make_optimizer(config)
     augment = None
     if config.augment:
@@ -223,10 +272,14 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                         (config.checkpoint_every, "checkpoint_every")):
         if every % spc:
             raise ValueError(f"{name}={every} must be a multiple of steps_per_call={spc}")
-    step_fn = jax.jit(make_train_step(learner, optimizer, sample, chunks=config.chunks,
-                                      steps_per_call=spc, batch=config.meta_batch),
-                      donate_argnums=0)
-    train_x = jnp.asarray(data["train"])
+    if is_pretrained(config):
+        step = make_pretrain_step(learner, optimizer, batch=config.pretrain_batch,
+                                  steps_per_call=spc, per_class=config.per_class or None,
+                                  augment=augment)
+    else:
+        step = make_train_step(learner, optimizer, sample, chunks=config.chunks,
+                               steps_per_call=spc, batch=config.meta_batch)
+    step_fn = jax.jit(step, donate_argnums=0)
     example = jnp.zeros((2,) + train_x.shape[2:], jnp.float32)
     state = init_state(learner, optimizer, example, config.seed)
     metrics_path = run_dir / "metrics.jsonl"
@@ -251,6 +304,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                         num_episodes=config.val_episodes, seed=config.eval_seed, eval_fn=eval_fn)
 
     start_step = int(state.step)
+    tasks_per_step = config.pretrain_batch if is_pretrained(config) else config.meta_batch
     bar = None
     if progress:
         from tqdm.auto import tqdm  # noqa: PLC0415
@@ -266,7 +320,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                 _log_metrics(pending, metrics_file, bar, config)
             step = int(state.step)
             now = time.perf_counter()
-            pending = (step, m, config.meta_batch * (step - step_last) / max(now - t_last, 1e-9))
+            pending = (step, m, tasks_per_step * (step - step_last) / max(now - t_last, 1e-9))
             t_last, step_last = now, step
             if bar is not None:
                 bar.update(spc)

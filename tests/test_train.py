@@ -147,3 +147,18 @@ def test_trainstate_is_a_pytree():
     s = TrainState(jnp.zeros(()), {"w": jnp.ones(2)}, (), jnp.zeros(2, jnp.uint32))
     assert len(jax.tree.leaves(s)) == 3
 
+
+
+@pytest.mark.parametrize("name", ["protonet", "maml", "fomaml", "anil", "metasgd", "reptile",
+                                  "imaml", "matching", "r2d2", "baseline", "baseline++"])
+def test_every_learner_trains_and_evaluates_through_one_loop(name, tmp_path):
+    from smallsample.cli import _restore
+
+    cfg = TINY.replace(learner=name, backbone="conv4-stride", steps=2, eval_every=2,
+                       checkpoint_every=2, val_part="", test_episodes=4, meta_batch=2,
+                       inner_lr=0.1, pretrain_batch=8)
+    result = train(cfg, tmp_path / name, progress=False, data=DATA, log=lambda s: None)
+    assert result.steps == 2 and len(result.test.accuracies) == 4
+    learner, params, which = _restore(tmp_path / name, cfg, 3)
+    assert which == "checkpoint.msgpack"
+    assert jax.tree.leaves(params)
