@@ -1,0 +1,307 @@
+"""``smallsample bench``: meta-training step speed of standard few-shot workloads.
+
+Each workload is one jitted meta-training step (:func:`smallsample.train.make_train_step`: episode
+sampling on the device, the vmapped meta-gradient, the Adam update) on synthetic class-indexed data
+of the right shape (speed does not depend on pixel values). For each workload the suite records:
+
+- ``compile_s``: lowering and XLA compilation time;
+- ``step_ms_median`` and the spread (``step_ms_min``, ``step_ms_max``, ``step_ms_iqr``) over
+  ``steps`` timed calls after one warm-up call, and ``tasks_per_s = meta_batch / median``;
+- ``gflop_per_step`` from XLA's ``cost_analysis()`` of the compiled step, and
+  ``achieved_gflop_per_s`` = that divided by the median step time;
+- memory: XLA's ``memory_analysis()`` of the step (temporaries, arguments, outputs), the device's
+  ``peak_bytes_in_use`` where the backend reports it (GPUs), and the process's peak resident set
+  size (``rss_peak_mb``; cumulative over the process, so run one workload per process, ``--only``,
+  for a per-workload figure, as ``benchmarks/compare_l2l.py`` does);
+- the device kind, platform, device count, versions, ``XLA_FLAGS`` and the load average.
+
+Usage::
+
+    smallsample bench [--quick] [--only NAME ...] [--steps N] [--conv-impl auto|xla|im2col]
+                      [--devices N] [--json PATH] [--list]
+
+``--quick`` runs tiny versions of two workloads (a smoke test, not a measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark configuration (a meta-training step)."""
+
+    name: str
+    learner: str                 # maml | fomaml | anil | protonet
+    backbone: str                # conv4 (max-pool) | conv4-stride | resnet12
+    image: tuple[int, int, int]  # H, W, C
+    ways: int
+    shots: int
+    queries: int
+    meta_batch: int
+    inner_steps: int = 1
+    inner_lr: float = 0.4
+    width: int = 64
+    num_classes: int = 64        # classes in the synthetic class-indexed data
+    per_class: int = 20
+
+
+OMNI = (28, 28, 1)
+MINI = (84, 84, 3)
+
+#: The standard workloads. The Omniglot MAML ones follow Finn et al. (2017): Conv-4 with stride-2
+#: convolutions, meta-batch 32 (5-way) / 16 (20-way), inner rate 0.4 / 0.1; mini-ImageNet MAML:
+#: width 32 with max-pooling, 5 inner steps at 0.01; ProtoNet: Conv-4 with max-pooling.
+WORKLOADS: dict[str, Workload] = {w.name: w for w in [
+    Workload("maml-omniglot-5w1s", "maml", "conv4-stride", OMNI, 5, 1, 15, 32),
+    Workload("fomaml-omniglot-5w1s", "fomaml", "conv4-stride", OMNI, 5, 1, 15, 32),
+    Workload("anil-omniglot-5w1s", "anil", "conv4-stride", OMNI, 5, 1, 15, 32),
+    Workload("maml-omniglot-5w5s", "maml", "conv4-stride", OMNI, 5, 5, 15, 32),
+    Workload("maml-omniglot-5w1s-5steps", "maml", "conv4-stride", OMNI, 5, 1, 15, 32,
+             inner_steps=5),
+    Workload("maml-omniglot-20w1s", "maml", "conv4-stride", OMNI, 20, 1, 15, 16, inner_steps=5,
+             inner_lr=0.1),
+    Workload("protonet-omniglot-5w5s-b1", "protonet", "conv4", OMNI, 5, 5, 15, 1),
+    Workload("protonet-omniglot-5w5s-b32", "protonet", "conv4", OMNI, 5, 5, 15, 32),
+    Workload("protonet-omniglot-20w1s", "protonet", "conv4", OMNI, 20, 1, 15, 1),
+    Workload("maml-mini-5w5s", "maml", "conv4", MINI, 5, 5, 15, 2, inner_steps=5,
+             inner_lr=0.01, width=32, per_class=25),
+    Workload("protonet-mini-5w5s", "protonet", "conv4", MINI, 5, 5, 15, 1, per_class=25),
+    Workload("protonet-mini-5w5s-resnet12", "protonet", "resnet12", MINI, 5, 5, 15, 1,
+             per_class=25),
+]}
+
+#: The default suite (the 84x84 ResNet-12 workload is left to ``--only``: minutes on a laptop CPU).
+DEFAULT = [n for n in WORKLOADS if not n.endswith("resnet12")]
+
+#: ``--quick``: tiny shapes, for a smoke test of the whole path.
+QUICK = [
+    Workload("quick-maml", "maml", "conv4-stride", (12, 12, 1), 3, 1, 2, 2, width=8,
+             num_classes=6, per_class=4),
+    Workload("quick-protonet", "protonet", "conv4", (12, 12, 1), 3, 1, 2, 2, width=8,
+             num_classes=6, per_class=4),
+]
+
+
+def default_conv_impl(backend: str | None = None) -> str:
+    """The convolution lowering used for ``conv_impl='auto'`` on ``backend`` (default: JAX's).
+
+    CPU: ``'im2col'`` (XLA's CPU backend runs the grouped convolutions that a per-task vmap of
+    ``conv_general_dilated`` produces very slowly). Other backends: ``'xla'`` (cuDNN / TPU convs).
+    """
+    backend = backend or jax.default_backend()
+    return "im2col" if backend == "cpu" else "xla"
+
+
+def build(workload: Workload, *, conv_impl: str = "auto"):
+    """``(learner, sample, data)`` for ``workload``; ``data`` is synthetic uint8
+    ``[num_classes, per_class, H, W, C]``."""
+    from smallsample.learners.maml import maml  # noqa: PLC0415
+    from smallsample.learners.protonet import protonet  # noqa: PLC0415
+    from smallsample.models.conv4 import Conv4  # noqa: PLC0415
+    from smallsample.train import make_sampler  # noqa: PLC0415
+
+    impl = default_conv_impl() if conv_impl == "auto" else conv_impl
+    w = workload
+    head = None if w.learner == "protonet" else w.ways
+    if w.backbone == "conv4":
+        model = Conv4(width=w.width, downsample="pool", num_classes=head, conv_impl=impl)
+    elif w.backbone == "conv4-stride":
+        model = Conv4(width=w.width, downsample="stride", num_classes=head, conv_impl=impl,
+                      bn_scale_init="uniform")
+    elif w.backbone == "resnet12":
+        from smallsample.models.resnet12 import ResNet12  # noqa: PLC0415
+        model = ResNet12(num_classes=head)
+    else:
+        raise ValueError(f"unknown backbone {w.backbone!r}")
+    if w.learner == "protonet":
+        learner = protonet(model, w.ways)
+    elif w.learner in ("maml", "fomaml", "anil"):
+        learner = maml(model, w.ways, inner_steps=w.inner_steps, inner_lr=w.inner_lr,
+                       first_order=w.learner == "fomaml", head_only=w.learner == "anil")
+    else:
+        raise ValueError(f"unknown learner {w.learner!r}")
+    sample = make_sampler(meta_batch=w.meta_batch, ways=w.ways, shots=w.shots,
+                          queries=w.queries)
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (w.num_classes, w.per_class) + w.image, dtype=np.uint8)
+    return learner, sample, data
+
+
+def _first(x):
+    return x[0] if isinstance(x, (list, tuple)) else x
+
+
+def _memory(compiled) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 (not every backend implements it)
+        m = None
+    if m is not None:
+        for k in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
+                  "generated_code_size_in_bytes"):
+            v = getattr(m, k, None)
+            if v is not None:
+                out["xla_" + k.replace("_in_bytes", "_mb")] = v / 2**20
+    return out
+
+
+def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
+            devices: int = 1) -> dict[str, Any]:
+    """Compiles and times one workload; returns a JSON-ready record (see module docstring)."""
+    from smallsample.parallel import task_mesh  # noqa: PLC0415
+    from smallsample.train import init_state, make_train_step  # noqa: PLC0415
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    learner, sample, data_np = build(workload, conv_impl=conv_impl)
+    mesh = None
+    if devices > 1:
+        if devices > jax.device_count():
+            raise ValueError(f"--devices {devices} but only {jax.device_count()} are visible")
+        mesh = task_mesh(jax.devices()[:devices])
+    optimizer = optax.adam(1e-3)
+    example = jnp.zeros((2,) + workload.image, jnp.float32)
+    state = init_state(learner, optimizer, example, 0)
+    data = jnp.asarray(data_np)
+    step = jax.jit(make_train_step(learner, optimizer, sample, mesh=mesh,
+                                   batch=workload.meta_batch), donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, data).compile()
+    compile_s = time.perf_counter() - t0
+    cost = _first(compiled.cost_analysis()) or {}
+    flops = float(cost.get("flops", 0.0))
+    state, metrics = compiled(state, data)  # warm-up
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, data)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    loss = float(np.asarray(metrics["loss"]).mean())
+    med = statistics.median(times)
+    q = np.percentile(times, [25, 75])
+    rec = dict(dataclasses.asdict(workload), image=list(workload.image))
+    rec.update({
+        "conv_impl": default_conv_impl() if conv_impl == "auto" else conv_impl,
+        "devices": devices,
+        "compile_s": compile_s,
+        "steps_timed": steps,
+        "step_ms_median": 1e3 * med,
+        "step_ms_min": 1e3 * min(times),
+        "step_ms_max": 1e3 * max(times),
+        "step_ms_iqr": 1e3 * float(q[1] - q[0]),
+        "tasks_per_s": workload.meta_batch / med,
+        "gflop_per_step": flops / 1e9,
+        "achieved_gflop_per_s": flops / 1e9 / med,
+        "loss": loss,
+        "loss_finite": bool(np.isfinite(loss)),
+        "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    })
+    rec.update(_memory(compiled))
+    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
+    if stats and "peak_bytes_in_use" in stats:
+        rec["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
+    return rec
+
+
+def environment() -> dict[str, Any]:
+    """Device kind, platform, versions, flags and load: what a measurement depends on."""
+    import flax  # noqa: PLC0415
+    import jaxlib  # noqa: PLC0415
+
+    dev = jax.devices()[0]
+    return {
+        "device_kind": dev.device_kind, "platform": dev.platform,
+        "device_count": jax.device_count(), "process_count": jax.process_count(),
+        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+        "optax": optax.__version__, "numpy": np.__version__, "python": platform.python_version(),
+        "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "loadavg": list(os.getloadavg()), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def run_suite(workloads: list[Workload], *, steps: int = 5, conv_impl: str = "auto",
+              devices: int = 1, log=print) -> dict[str, Any]:
+    """Measures ``workloads`` in order; returns ``{'environment': ..., 'results': [...]}``."""
+    results = []
+    for w in workloads:
+        try:
+            rec = measure(w, steps=steps, conv_impl=conv_impl, devices=devices)
+        except Exception as e:  # noqa: BLE001 (one failing workload must not hide the others)
+            rec = {"name": w.name, "error": f"{type(e).__name__}: {e}"}
+        results.append(rec)
+        log(format_record(rec))
+    return {"environment": environment(), "results": results}
+
+
+def format_record(rec: dict[str, Any]) -> str:
+    if "error" in rec:
+        return f"{rec['name']:<30} ERROR {rec['error']}"
+    return (f"{rec['name']:<30} {rec['tasks_per_s']:8.1f} tasks/s  step {rec['step_ms_median']:8.1f}"
+            f" ms [{rec['step_ms_min']:.0f}-{rec['step_ms_max']:.0f}]  compile "
+            f"{rec['compile_s']:5.1f} s  {rec['achieved_gflop_per_s']:6.1f} GFLOP/s  "
+            f"rss {rec['rss_peak_mb']:.0f} MB  ({rec['conv_impl']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="smallsample bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="workloads to run (see --list)")
+    p.add_argument("--all", action="store_true", help="every workload, ResNet-12 included")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per workload (default 5)")
+    p.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "im2col"])
+    p.add_argument("--devices", type=int, default=1, help="shard the meta-batch over N devices")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    args = p.parse_args(argv)
+    if args.list:
+        for w in WORKLOADS.values():
+            print(f"{w.name:<30} {w.learner} {w.backbone} {w.image} {w.ways}w{w.shots}s "
+                  f"{w.queries}q batch {w.meta_batch} inner {w.inner_steps}")
+        return 0
+    table = {w.name: w for w in QUICK} if args.quick else WORKLOADS
+    if args.quick:
+        args.steps = min(args.steps, 2)
+    if args.only:
+        unknown = [n for n in args.only if n not in table]
+        if unknown:
+            p.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(table)}")
+        workloads = [table[n] for n in args.only]
+    elif args.quick:
+        workloads = QUICK
+    else:
+        workloads = list(WORKLOADS.values()) if args.all else [WORKLOADS[n] for n in DEFAULT]
+    env = environment()
+    print(f"# {env['device_kind']} x{env['device_count']} ({env['platform']}), jax {env['jax']}, "
+          f"load {env['loadavg'][0]:.1f}, XLA_FLAGS={env['xla_flags']!r}", flush=True)
+    out = run_suite(workloads, steps=args.steps, conv_impl=args.conv_impl, devices=args.devices,
+                    log=lambda s: print(s, flush=True))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+            f.write("\n")
+    return 1 if any("error" in r for r in out["results"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
