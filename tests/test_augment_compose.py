@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,11 @@ import pytest
 
 from smallsample import augment
 from smallsample.augment import image as A
+
+# Test-local compile options: a fraction of the default compile time for these small programs
+# (same numbers; the library itself never calls jax.jit).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
 
 
 def add_uniform(key, x):
@@ -53,7 +60,7 @@ def test_random_apply():
 def test_random_choice_frequencies():
     branches = [lambda k, x, c=c: x + c for c in (0.0, 1.0, 2.0)]
     keys = jax.random.split(jax.random.key(2), 600)
-    pick = jax.jit(jax.vmap(lambda k: augment.random_choice(
+    pick = jit(jax.vmap(lambda k: augment.random_choice(
         *branches, probabilities=[0.2, 0.3, 0.5])(k, jnp.zeros(()))))
     counts = np.bincount(np.asarray(pick(keys)).astype(int), minlength=3) / 600
     for got, p in zip(counts, (0.2, 0.3, 0.5), strict=True):
@@ -74,7 +81,7 @@ def test_parse_pipeline_equals_the_hand_written_chain_under_jit_and_vmap():
         lambda k, x: A.random_gaussian_noise(k, x, std=0.05))
     images = jnp.asarray(np.random.default_rng(0).uniform(size=(6, 10, 10, 1)), jnp.float32)
     keys = jax.random.split(jax.random.key(3), 6)
-    both = jax.jit(lambda k, x: (jax.vmap(pipeline)(k, x), jax.vmap(by_hand)(k, x)))
+    both = jit(lambda k, x: (jax.vmap(pipeline)(k, x), jax.vmap(by_hand)(k, x)))
     out, ref = both(keys, images)
     assert out.shape == images.shape and out.dtype == images.dtype
     np.testing.assert_array_equal(out, ref)

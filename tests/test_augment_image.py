@@ -4,6 +4,7 @@ NumPy / SciPy references for the deterministic ones."""
 from __future__ import annotations
 
 import colorsys
+import functools
 import inspect
 
 import jax
@@ -14,6 +15,11 @@ import scipy.ndimage as ndi
 
 from smallsample import augment
 from smallsample.augment import image as A
+
+# Test-local compile options: a fraction of the default compile time for these small programs
+# (same numbers; the library itself never calls jax.jit).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
 
 H, W, C = 12, 12, 3
 
@@ -85,7 +91,7 @@ def test_transform_harness(name):
     fn, kwargs = augment.TRANSFORMS[name], CASES[name]
     keys = jax.random.split(jax.random.key(5), 32)
     images = jnp.stack([_image(s) for s in range(4)] * 8)
-    run = jax.jit(jax.vmap(lambda k, x, p: fn(k, x, **kwargs, probability=p),
+    run = jit(jax.vmap(lambda k, x, p: fn(k, x, **kwargs, probability=p),
                            in_axes=(0, 0, None)))
     always = run(keys, images, 1.0)
     assert always.shape == images.shape and always.dtype == images.dtype
@@ -149,7 +155,7 @@ def test_flips_and_rot90_match_numpy():
 def test_rotate_matches_scipy():
     image = _image(1, (9, 11, 2))
     angles = [-30.0, 17.0, 45.0, 90.0, 180.0]
-    outs = jax.jit(jax.vmap(lambda d: A.rotate(image, d, fill=0.25)))(jnp.asarray(angles))
+    outs = jit(jax.vmap(lambda d: A.rotate(image, d, fill=0.25)))(jnp.asarray(angles))
     for degrees, out in zip(angles, outs, strict=True):
         ref = ndi.rotate(_np(image), degrees, axes=(1, 0), reshape=False, order=1,
                          mode="constant", cval=0.25)
@@ -158,7 +164,7 @@ def test_rotate_matches_scipy():
 
 def test_quarter_turns_by_rotate_equal_rot90():
     image = _image(2, (7, 7, 1))
-    outs = jax.jit(jax.vmap(lambda d: A.rotate(image, d)))(jnp.asarray([90.0, 180.0, 270.0]))
+    outs = jit(jax.vmap(lambda d: A.rotate(image, d)))(jnp.asarray([90.0, 180.0, 270.0]))
     for k, out in zip((1, 2, 3), outs, strict=True):
         np.testing.assert_allclose(out, np.rot90(_np(image), k), atol=1e-5)
 
@@ -182,7 +188,7 @@ def test_affine_matches_scipy_affine_transform():
                    fill=fill)
     np.testing.assert_allclose(out, ref, atol=2e-5)
     # A traced fill gives the same as a Python one.
-    traced = jax.jit(lambda f: A.affine(image, degrees=degrees, translate=translate, scale=scale,
+    traced = jit(lambda f: A.affine(image, degrees=degrees, translate=translate, scale=scale,
                                         shear=shear, fill=f))(fill)
     np.testing.assert_allclose(traced, out, atol=1e-6)
 
@@ -223,7 +229,7 @@ def test_random_crop_with_padding_is_a_window_of_the_padded_image():
     image = _image(8, (6, 6, 1))
     padded = np.pad(_np(image), ((3, 3), (3, 3), (0, 0)))
     windows = {(t, s): padded[t:t + 6, s:s + 6] for t in range(7) for s in range(7)}
-    outs = jax.jit(jax.vmap(lambda k: A.random_crop_with_padding(k, image, padding=3)))(
+    outs = jit(jax.vmap(lambda k: A.random_crop_with_padding(k, image, padding=3)))(
         jax.random.split(jax.random.key(0), 20))
     seen = set()
     for out in np.asarray(outs, np.float64):
@@ -266,7 +272,7 @@ def test_erase_matches_numpy_and_cutout_erasing_are_boxes():
                                   ref)
     for fn, kwargs in [(A.random_cutout, {"size": 4}),
                        (A.random_erasing, {"min_area": 0.1, "max_area": 0.3, "probability": 1.0})]:
-        outs = jax.jit(jax.vmap(lambda k, fn=fn, kwargs=kwargs: fn(k, image, fill=0.0, **kwargs)))(
+        outs = jit(jax.vmap(lambda k, fn=fn, kwargs=kwargs: fn(k, image, fill=0.0, **kwargs)))(
             jax.random.split(jax.random.key(1), 5))
         for out in np.asarray(outs):
             rows, cols = np.nonzero((out == 0).all(-1))
@@ -288,7 +294,7 @@ def test_elastic_matches_scipy_map_coordinates():
     ref = np.stack([ndi.map_coordinates(_np(image)[..., c], [rows + field[..., 0],
                                                              cols + field[..., 1]],
                                         order=1, mode="nearest") for c in range(2)], -1)
-    out = jax.jit(A.elastic)(image, jnp.asarray(field, jnp.float32))
+    out = jit(A.elastic)(image, jnp.asarray(field, jnp.float32))
     np.testing.assert_allclose(out, ref, atol=2e-5)
 
 
@@ -303,7 +309,7 @@ def test_gaussian_noise_statistics_and_elastic_identity():
 
 def test_random_resized_crop_to_another_size():
     image = _image(12, (12, 12, 1))
-    out = jax.jit(lambda k: A.random_resized_crop(k, image, size=(6, 8)))(jax.random.key(0))
+    out = jit(lambda k: A.random_resized_crop(k, image, size=(6, 8)))(jax.random.key(0))
     assert out.shape == (6, 8, 1)
     assert float(out.min()) >= float(image.min()) - 1e-6  # bilinear inside the image: no fill
     with pytest.raises(ValueError, match="probability"):

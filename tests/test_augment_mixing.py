@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,12 +11,17 @@ import pytest
 
 from smallsample.augment import cutmix, mixup
 
+# Test-local compile options: a fraction of the default compile time for these small programs
+# (same numbers; the library itself never calls jax.jit).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
+
 
 def test_mixup_is_the_label_weighted_mix_of_inputs():
     # One example per class: the mixed input must be sum_k label[k] * x[k].
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(5, 4, 4, 2)), jnp.float32)
     labels = jnp.arange(5)
-    mix = jax.jit(lambda k: mixup(k, x, labels, alpha=0.4, num_classes=5))
+    mix = jit(lambda k: mixup(k, x, labels, alpha=0.4, num_classes=5))
     for seed in range(3):
         mx, my = mix(jax.random.key(seed))
         my64 = np.asarray(my, np.float64)
@@ -43,7 +50,7 @@ def test_cutmix_pastes_a_box_and_labels_follow_its_area():
     b, h, w = 6, 10, 12
     x = jnp.broadcast_to(jnp.arange(1.0, b + 1)[:, None, None, None], (b, h, w, 1))
     labels = jnp.arange(b)
-    mix = jax.jit(lambda k: cutmix(k, x, labels, alpha=1.0, num_classes=b))
+    mix = jit(lambda k: cutmix(k, x, labels, alpha=1.0, num_classes=b))
     for seed in range(4):
         mx, my = mix(jax.random.key(seed))
         mx, my = np.asarray(mx)[..., 0], np.asarray(my, np.float64)

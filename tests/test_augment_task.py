@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,11 @@ import pytest
 
 from smallsample.augment import augment_support, rotated_classes
 from smallsample.episodes import rotate_class, sample_episode
+
+# Test-local compile options: a fraction of the default compile time for these small programs
+# (same numbers; the library itself never calls jax.jit).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
 
 
 def _data(classes=3, per_class=4, size=5):
@@ -41,7 +48,7 @@ def add_noise(key, x):
 def test_augment_support():
     data = jnp.asarray(_data(classes=5, per_class=6))
     episode = sample_episode(jax.random.key(0), data, ways=3, shots=2, queries=2)
-    grow = jax.jit(lambda k, e: augment_support(k, e, add_noise, copies=2))
+    grow = jit(lambda k, e: augment_support(k, e, add_noise, copies=2))
     out = grow(jax.random.key(1), episode)
     n = 6
     assert out.support_x.shape == (3 * n,) + episode.support_x.shape[1:]
@@ -60,7 +67,7 @@ def test_augment_support():
     # vmapped over a meta-batch of episodes, without the originals.
     batch = jax.tree.map(lambda a: jnp.stack([a, a]), episode)
     keys = jax.random.split(jax.random.key(2), 2)
-    both = jax.jit(jax.vmap(lambda k, e: augment_support(k, e, add_noise, copies=1,
+    both = jit(jax.vmap(lambda k, e: augment_support(k, e, add_noise, copies=1,
                                                          keep_original=False)))(keys, batch)
     assert both.support_x.shape == (2, n) + episode.support_x.shape[1:]
     assert not np.array_equal(both.support_x[0], batch.support_x[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,11 @@ import numpy as np
 import pytest
 
 from smallsample.augment import text as T
+
+# Test-local compile options: a fraction of the default compile time for these small programs
+# (same numbers; the library itself never calls jax.jit).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
 
 L, VOCAB, PAD = 10, 40, 0
 # Three examples: length 6, 1 and L (full); ids 5.. so none is PAD.
@@ -44,7 +50,7 @@ def test_text_harness(name):
     keys = jax.random.split(jax.random.key(0), 96).reshape(32, 3)
     tokens = jnp.broadcast_to(jnp.asarray(TOKENS), (32, L * 0 + 3, L))
     mask = jnp.broadcast_to(jnp.asarray(MASK), (32, 3, L))
-    run = jax.jit(jax.vmap(jax.vmap(fn)))
+    run = jit(jax.vmap(jax.vmap(fn)))
     out, out_mask = run(keys, tokens, mask)
     assert out.shape == tokens.shape and out.dtype == tokens.dtype and out_mask.dtype == bool
     eager = fn(keys[4, 0], TOKENS[0], MASK[0])
@@ -68,7 +74,7 @@ def _real(tokens, mask):
 def _batch(fn, *args, n=64, example=0):
     """``fn(key, tokens, mask, *args)``, one jit(vmap) over ``n`` keys; real tokens as lists."""
     keys = jax.random.split(jax.random.key(1), n)
-    run = jax.jit(jax.vmap(fn, in_axes=(0, None, None) + (None,) * len(args)))
+    run = jit(jax.vmap(fn, in_axes=(0, None, None) + (None,) * len(args)))
     out, mask = run(keys, TOKENS[example], MASK[example], *args)
     return [_real(o, m) for o, m in zip(np.asarray(out), np.asarray(mask), strict=True)]
 
@@ -80,7 +86,7 @@ def _is_subsequence(small, big):
 
 def test_deletion():
     original = _real(TOKENS[0], MASK[0])
-    delete = jax.jit(jax.vmap(lambda k, r: T.random_deletion(k, TOKENS[0], MASK[0], rate=r),
+    delete = jit(jax.vmap(lambda k, r: T.random_deletion(k, TOKENS[0], MASK[0], rate=r),
                               in_axes=(0, None)))
     keys = jax.random.split(jax.random.key(1), 64)
     for rate, check in [(0.0, lambda r: r == original), (1.0, lambda r: len(r) == 1),

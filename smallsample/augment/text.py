@@ -215,7 +215,6 @@ def nearest_neighbours(embeddings: jax.Array, *, k: int, special_ids: Sequence[i
     unit = embeddings / jnp.maximum(jnp.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     special = jnp.zeros((vocab,), bool).at[jnp.asarray(list(special_ids), jnp.int32)].set(True)
 
-    @jax.jit
     def rows(start_rows, ids):
         sim = start_rows @ unit.T  # [block, vocab]
         sim = jnp.where(special[None, :] | (ids[:, None] == jnp.arange(vocab)[None, :]),
