@@ -35,7 +35,7 @@ class Config:
                                       # | matching | r2d2 | baseline | baseline++
     backbone: str = "conv4"           # conv4 | conv4-stride | resnet12
     width: int = 64
-    conv_impl: str = "xla"            # xla | im2col
+    conv_impl: str = "auto"           # auto (im2col on CPU, xla elsewhere) | xla | im2col
     inner_steps: int = 1
     test_inner_steps: int = 0         # 0: same as inner_steps
     inner_lr: float = 0.4
@@ -102,20 +102,18 @@ PRESETS: dict[str, dict] = {
     # inner rate 0.4 (5-way) / 0.1 (20-way), 1 (5-way) / 5 (20-way) inner steps, 60,000 steps.
     "omniglot-maml-5w1s": dict(learner="maml", split="maml", val_part="", backbone="conv4-stride",
                                ways=5, shots=1, train_queries=15, meta_batch=32, inner_steps=1,
-                               test_inner_steps=3, inner_lr=0.4, rotate=True, steps=60000,
-                               conv_impl="im2col"),
+                               test_inner_steps=3, inner_lr=0.4, rotate=True, steps=60000),
     "omniglot-maml-5w5s": dict(learner="maml", split="maml", val_part="", backbone="conv4-stride",
                                ways=5, shots=5, train_queries=15, meta_batch=32, inner_steps=1,
-                               test_inner_steps=3, inner_lr=0.4, rotate=True, steps=60000,
-                               conv_impl="im2col"),
+                               test_inner_steps=3, inner_lr=0.4, rotate=True, steps=60000),
     "omniglot-maml-20w1s": dict(learner="maml", split="maml", val_part="",
                                 backbone="conv4-stride", ways=20, shots=1, train_queries=15,
                                 meta_batch=16, inner_steps=5, inner_lr=0.1, rotate=True,
-                                steps=60000, conv_impl="im2col"),
+                                steps=60000),
     "omniglot-maml-20w5s": dict(learner="maml", split="maml", val_part="",
                                 backbone="conv4-stride", ways=20, shots=5, train_queries=15,
                                 meta_batch=16, inner_steps=5, inner_lr=0.1, rotate=True,
-                                steps=60000, conv_impl="im2col"),
+                                steps=60000),
 }
 
 

@@ -268,7 +268,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                           rotate=config.rotate, per_class=config.per_class or None,
                           augment=augment)
     spc = max(1, min(config.steps_per_call, config.log_every))
-    for every, name in ((config.log_every, "log_every"), (config.eval_every, "eval_every"),
+    for every, name in ((config.steps, "steps"), (config.log_every, "log_every"),
+                        (config.eval_every, "eval_every"),
                         (config.checkpoint_every, "checkpoint_every")):
         if every % spc:
             raise ValueError(f"{name}={every} must be a multiple of steps_per_call={spc}")
@@ -314,11 +315,12 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     val_result = None
     with open(metrics_path, "a") as metrics_file:
         pending = None  # metrics of the previous call, fetched after the next call is dispatched
-        while int(state.step) < config.steps:
+        step = start_step  # tracked on the host, so dispatch does not wait for the device
+        while step < config.steps:
             state, m = step_fn(state, train_x)
             if pending is not None:
                 _log_metrics(pending, metrics_file, bar, config)
-            step = int(state.step)
+            step += spc
             now = time.perf_counter()
             pending = (step, m, tasks_per_step * (step - step_last) / max(now - t_last, 1e-9))
             t_last, step_last = now, step

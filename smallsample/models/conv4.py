@@ -37,7 +37,7 @@ class Conv4(nn.Module):
     width: int = 64
     downsample: Literal["pool", "stride"] = "pool"
     num_classes: int | None = None
-    conv_impl: ConvImpl = "xla"
+    conv_impl: ConvImpl = "auto"
     bn_scale_init: Literal["ones", "uniform"] = "ones"
     head_init: Literal["normal", "lecun"] = "normal"
     blocks: int = 4

@@ -34,7 +34,7 @@ class ResBlock(nn.Module):
     """One ResNet-12 block: ``[n, H, W, Cin] -> [n, H // 2, W // 2, features]``."""
 
     features: int
-    conv_impl: ConvImpl = "xla"
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -62,7 +62,7 @@ class ResNet12(nn.Module):
     widths: Sequence[int] = (64, 160, 320, 640)
     pool: Literal["flatten", "avg"] = "flatten"
     num_classes: int | None = None
-    conv_impl: ConvImpl = "xla"
+    conv_impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
