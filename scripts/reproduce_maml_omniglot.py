@@ -14,7 +14,7 @@ from smallsample.reproduce import run_table
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("overrides", nargs="*", help="key=value settings applied to every preset")
-    ap.add_argument("--only", nargs="*", default=(), help="run only these presets")
+    ap.add_argument("--only", action="append", default=[], help="run only this preset (repeatable)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--episodes", type=int, default=600)
     args = ap.parse_args()
