@@ -23,8 +23,7 @@ P="$VENV/bin/python"
 "$P" -m pip install -q --upgrade pip setuptools wheel
 # torch 2.13.0, CPU build: "+cpu" pins the CPU wheel (a local wheel directory where pip is set up
 # with one; else add --index-url https://download.pytorch.org/whl/cpu), never a CUDA one.
-"$P" -m pip install -q "torch==2.13.0+cpu"
-"$P" -m pip install -q "Cython>=3" numpy gym tqdm requests scipy psutil qpth
+"$P" -m pip install -q -r "$(dirname "$0")/requirements-peer.txt"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 # learn2learn 0.2.0 is on PyPI as an sdist only; fetch it without building anything.

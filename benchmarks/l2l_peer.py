@@ -220,6 +220,8 @@ def main(argv=None):
         print("peer ok: torch", torch.__version__, "learn2learn", l2l.__version__, "cuda",
               torch.version.cuda)
         return 0
+    if os.environ.get("L2L_PEER_THREADS"):
+        torch.set_num_threads(int(os.environ["L2L_PEER_THREADS"]))
     out = []
     for name in args.names or list(WORKLOADS):
         rec = measure(name, args.steps)

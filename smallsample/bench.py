@@ -17,8 +17,8 @@ of the right shape (speed does not depend on pixel values). For each workload th
 
 Usage::
 
-    smallsample bench [--quick] [--only NAME ...] [--steps N] [--conv-impl auto|xla|im2col]
-                      [--devices N] [--json PATH] [--list]
+    smallsample bench [--quick] [--only NAME ...] [--steps N] [--chunks N] [--devices N]
+                      [--conv-impl auto|xla|im2col|shift] [--json PATH] [--list]
 
 ``--quick`` runs tiny versions of two workloads (a smoke test, not a measurement).
 """
@@ -60,6 +60,7 @@ class Workload:
     width: int = 64
     num_classes: int = 64        # classes in the synthetic class-indexed data
     per_class: int = 20
+    chunks: int = 1              # sequential chunks of the meta-batch (memory for speed)
 
 
 OMNI = (28, 28, 1)
@@ -100,16 +101,14 @@ QUICK = [
 
 
 def default_conv_impl(backend: str | None = None) -> str:
-    """The convolution lowering used for ``conv_impl='auto'`` on ``backend`` (default: JAX's).
+    """The convolution lowering ``conv_impl='auto'`` means on ``backend`` (default: JAX's); see
+    :func:`smallsample.models.layers.default_conv_impl`."""
+    from smallsample.models.layers import default_conv_impl as layers_default  # noqa: PLC0415
 
-    CPU: ``'im2col'`` (XLA's CPU backend runs the grouped convolutions that a per-task vmap of
-    ``conv_general_dilated`` produces very slowly). Other backends: ``'xla'`` (cuDNN / TPU convs).
-    """
-    backend = backend or jax.default_backend()
-    return "im2col" if backend == "cpu" else "xla"
+    return layers_default(backend)
 
 
-def build(workload: Workload, *, conv_impl: str = "auto"):
+def build(workload: Workload, *, conv_impl: str = "auto"):  # noqa: C901
     """``(learner, sample, data)`` for ``workload``; ``data`` is synthetic uint8
     ``[num_classes, per_class, H, W, C]``."""
     from smallsample.learners.maml import maml  # noqa: PLC0415
@@ -164,8 +163,14 @@ def _memory(compiled) -> dict[str, Any]:
 
 
 def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
-            devices: int = 1) -> dict[str, Any]:
-    """Compiles and times one workload; returns a JSON-ready record (see module docstring)."""
+            devices: int = 1, chunks: int | None = None) -> dict[str, Any]:
+    """Compiles and times one workload; returns a JSON-ready record (see module docstring).
+
+    ``chunks`` overrides the workload's: the meta-batch runs as that many sequential groups of
+    vmapped tasks (``meta_gradient(chunks=...)``), which bounds activation memory.
+    """
+    if chunks is not None:
+        workload = dataclasses.replace(workload, chunks=chunks)
     from smallsample.parallel import task_mesh  # noqa: PLC0415
     from smallsample.train import init_state, make_train_step  # noqa: PLC0415
 
@@ -182,7 +187,8 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
     state = init_state(learner, optimizer, example, 0)
     data = jnp.asarray(data_np)
     step = jax.jit(make_train_step(learner, optimizer, sample, mesh=mesh,
-                                   batch=workload.meta_batch), donate_argnums=0)
+                                   batch=workload.meta_batch, chunks=workload.chunks),
+                   donate_argnums=0)
     t0 = time.perf_counter()
     compiled = step.lower(state, data).compile()
     compile_s = time.perf_counter() - t0
@@ -241,12 +247,12 @@ def environment() -> dict[str, Any]:
 
 
 def run_suite(workloads: list[Workload], *, steps: int = 5, conv_impl: str = "auto",
-              devices: int = 1, log=print) -> dict[str, Any]:
+              devices: int = 1, chunks: int | None = None, log=print) -> dict[str, Any]:
     """Measures ``workloads`` in order; returns ``{'environment': ..., 'results': [...]}``."""
     results = []
     for w in workloads:
         try:
-            rec = measure(w, steps=steps, conv_impl=conv_impl, devices=devices)
+            rec = measure(w, steps=steps, conv_impl=conv_impl, devices=devices, chunks=chunks)
         except Exception as e:  # noqa: BLE001 (one failing workload must not hide the others)
             rec = {"name": w.name, "error": f"{type(e).__name__}: {e}"}
         results.append(rec)
@@ -260,7 +266,7 @@ def format_record(rec: dict[str, Any]) -> str:
     return (f"{rec['name']:<30} {rec['tasks_per_s']:8.1f} tasks/s  step {rec['step_ms_median']:8.1f}"
             f" ms [{rec['step_ms_min']:.0f}-{rec['step_ms_max']:.0f}]  compile "
             f"{rec['compile_s']:5.1f} s  {rec['achieved_gflop_per_s']:6.1f} GFLOP/s  "
-            f"rss {rec['rss_peak_mb']:.0f} MB  ({rec['conv_impl']})")
+            f"rss {rec['rss_peak_mb']:.0f} MB  ({rec['conv_impl']}, chunks {rec['chunks']})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", metavar="NAME", help="workloads to run (see --list)")
     p.add_argument("--all", action="store_true", help="every workload, ResNet-12 included")
     p.add_argument("--steps", type=int, default=5, help="timed steps per workload (default 5)")
-    p.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "im2col"])
+    p.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "im2col", "shift"])
+    p.add_argument("--chunks", type=int, help="sequential chunks of the meta-batch (memory)")
     p.add_argument("--devices", type=int, default=1, help="shard the meta-batch over N devices")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
@@ -295,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {env['device_kind']} x{env['device_count']} ({env['platform']}), jax {env['jax']}, "
           f"load {env['loadavg'][0]:.1f}, XLA_FLAGS={env['xla_flags']!r}", flush=True)
     out = run_suite(workloads, steps=args.steps, conv_impl=args.conv_impl, devices=args.devices,
-                    log=lambda s: print(s, flush=True))
+                    chunks=args.chunks, log=lambda s: print(s, flush=True))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

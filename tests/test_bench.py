@@ -57,6 +57,59 @@ def test_build_gives_data_of_the_workload_shape():
 
 
 def test_default_conv_impl_per_backend():
-    assert bench.default_conv_impl("cpu") == "im2col"
+    assert bench.default_conv_impl("cpu") == "im2col"  # measured fastest in the MAML step
     assert bench.default_conv_impl("gpu") == "xla"
     assert bench.default_conv_impl("tpu") == "xla"
+
+
+# ---------------------------------------------------------------- conv2d(impl='shift' | 'auto')
+# (lowerings added for the benchmark work; checked against XLA's own convolution in float64)
+@pytest.mark.parametrize("shape,cout,stride,padding", [
+    ((2, 7, 7, 4), 5, 2, 1), ((2, 9, 8, 2), 3, 1, 1), ((1, 6, 6, 2), 2, 1, 2)])
+def test_shift_conv_matches_xla_values_and_gradients(shape, cout, stride, padding):
+    import jax
+    import jax.numpy as jnp
+
+    from smallsample.models.layers import conv2d
+
+    with jax.enable_x64(True):
+        kx, kk = jax.random.split(jax.random.key(0))
+        x = jax.random.normal(kx, (3,) + shape, jnp.float64)  # 3 tasks
+        k = jax.random.normal(kk, (3, 3, 3, shape[-1], cout), jnp.float64)  # per-task kernels
+
+        def loss(impl):
+            def f(x, k):  # second order: a gradient step on k inside, as MAML's inner loop
+                inner = lambda k: jnp.sum(jnp.tanh(conv2d(x, k, stride=stride, padding=padding,
+                                                          impl=impl)))
+                k2 = k - 0.1 * jax.grad(inner)(k)
+                return jnp.sum(jnp.sin(conv2d(x, k2, stride=stride, padding=padding, impl=impl)))
+            return jax.vmap(jax.value_and_grad(f, argnums=(0, 1)))
+
+        (v_ref, (gx_ref, gk_ref)) = loss("xla")(x, k)
+        (v, (gx, gk)) = jax.jit(loss("shift"))(x, k)
+        np.testing.assert_allclose(v, v_ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(gx, gx_ref, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(gk, gk_ref, rtol=1e-9, atol=1e-10)
+        auto = conv2d(x[0], k[0], stride=stride, padding=padding, impl="auto")
+        np.testing.assert_allclose(auto, conv2d(x[0], k[0], stride=stride, padding=padding,
+                                                impl=bench.default_conv_impl()), rtol=1e-12)
+        # and against a direct float64 NumPy sum over taps for the forward value
+        xn, kn = np.asarray(x[0]), np.asarray(k[0])
+        xp = np.pad(xn, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+        ho = (shape[1] + 2 * padding - 3) // stride + 1
+        wo = (shape[2] + 2 * padding - 3) // stride + 1
+        ref = sum(np.einsum("nhwc,co->nhwo",
+                            xp[:, i:i + stride * (ho - 1) + 1:stride,
+                               j:j + stride * (wo - 1) + 1:stride], kn[i, j])
+                  for i in range(3) for j in range(3))
+        got = conv2d(x[0], k[0], stride=stride, padding=padding, impl="shift")
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_unknown_conv_impl_is_named():
+    import jax.numpy as jnp
+
+    from smallsample.models.layers import conv2d
+
+    with pytest.raises(ValueError, match="'winograd'"):
+        conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), impl="winograd")

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-ConvImpl = Literal["auto", "xla", "im2col"]
+ConvImpl = Literal["auto", "xla", "im2col", "shift"]
 Initializer = Callable[..., jax.Array]
 
 
@@ -62,19 +62,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 1
         return jnp.einsum("nhwk,ko->nhwo", patches, kernel.reshape(kh * kw * cin, cout))
     if impl == "shift":
         return _conv_shift(x, kernel, stride=stride, padding=padding)
-    if impl == "auto":
-        return conv2d(x, kernel, stride=stride, padding=padding, impl=auto_conv_impl())
     raise ValueError(f"unknown conv impl {impl!r}; use 'xla', 'im2col', 'shift' or 'auto'")
-
-
-def auto_conv_impl(backend: str | None = None) -> str:
-    """The lowering ``impl='auto'`` uses on ``backend`` (default: ``jax.default_backend()``).
-
-    CPU: ``'shift'`` (per-task weights under ``vmap`` make XLA's convolution a grouped one, which
-    the CPU backend runs very slowly; ``'shift'`` measured fastest of the matrix-product forms,
-    see benchmarks/README.md). Other backends: ``'xla'`` (cuDNN and TPU convolutions).
-    """
-    return "shift" if (backend or jax.default_backend()) == "cpu" else "xla"
 
 
 def _conv_shift(x: jax.Array, kernel: jax.Array, *, stride: int, padding: int) -> jax.Array:
@@ -83,7 +71,9 @@ def _conv_shift(x: jax.Array, kernel: jax.Array, *, stride: int, padding: int) -
     The padded input is split into its ``stride x stride`` phases by a reshape (no gather), so each
     tap ``(i, j)`` reads a contiguous window of one phase and multiplies it by ``kernel[i, j]``
     (``[Cin, Cout]``). Unlike im2col there is no ``[.., kh*kw*Cin]`` patch tensor, and the gradient
-    of each window is a plain pad rather than an interior (strided) pad.
+    of each window is a plain pad rather than an interior (strided) pad. Faster than im2col for
+    one vmapped layer's gradient on XLA CPU, but slower in the whole MAML step (measured), so
+    ``'auto'`` does not pick it.
     """
     kh, kw, cin, _ = kernel.shape
     n, h, w, _ = x.shape

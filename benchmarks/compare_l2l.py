@@ -1,0 +1,126 @@
+"""smallsample (JAX) vs learn2learn (PyTorch) on the same workloads, interleaved in one run.
+
+Each measurement is a fresh subprocess (so peak RSS is per workload): ``python -m smallsample.bench
+--only NAME`` and ``PEER_PYTHON benchmarks/l2l_peer.py NAME``, alternating JAX and learn2learn
+``--rounds`` times per workload so that both see the same machine load. Reports, per workload, the
+best-of-rounds tasks/s of each, their ratio, achieved GFLOP/s (XLA's cost analysis of the JAX step
+divided by each side's step time: the same FLOP count for both), and the peak RSS of each::
+
+    python benchmarks/compare_l2l.py --peer /tmp/l2lvenv/bin/python --threads 1 \\
+        --json benchmarks/results/compare.json maml-omniglot-5w1s protonet-omniglot-5w5s-b1
+
+``--threads N`` pins both sides to N threads (torch.set_num_threads / OMP_NUM_THREADS and XLA's
+Eigen pool); on a loaded shared machine two-thread runs are dominated by thread contention
+(PyTorch's 2-thread conv measured 5x slower than 1-thread at load 8), so 1 thread gives the
+steadier ratio. ``--threads 0`` leaves both at their defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = ["maml-omniglot-5w1s", "fomaml-omniglot-5w1s", "anil-omniglot-5w1s",
+           "maml-omniglot-5w5s", "maml-omniglot-5w1s-5steps", "protonet-omniglot-5w5s-b1",
+           "protonet-omniglot-5w5s-b32"]
+
+
+def _env(threads: int, xla_extra: str) -> dict:
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "") + " " + xla_extra
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        env["L2L_PEER_THREADS"] = str(threads)
+        if threads == 1:
+            flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        else:
+            flags += f" intra_op_parallelism_threads={threads}"
+    env["XLA_FLAGS"] = flags.strip()
+    env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
+    return env
+
+
+def _run(cmd: list[str], env: dict, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "out.json"
+        proc = subprocess.run(cmd + ["--json", str(path)], env=env, capture_output=True,
+                              text=True, timeout=timeout, cwd=ROOT)
+        if proc.returncode != 0 or not path.exists():
+            return {"error": proc.stderr[-1500:]}
+        out = json.loads(path.read_text())
+    rec = out["results"][0] if isinstance(out, dict) else out[0]
+    return rec
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("names", nargs="*", default=DEFAULT)
+    p.add_argument("--peer", default="/tmp/l2lvenv/bin/python", help="the peer venv's python")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--conv-impl", default="auto")
+    p.add_argument("--chunks", type=int, default=0,
+                   help="JAX: sequential chunks of the meta-batch (0: the workload's, 1)")
+    p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for the JAX side")
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    env = _env(args.threads, args.xla_flags)
+    rows = []
+    print(f"# load {os.getloadavg()}, threads {args.threads or 'default'}, "
+          f"XLA_FLAGS={env['XLA_FLAGS']!r}", flush=True)
+    for name in args.names:
+        jax_runs, l2l_runs = [], []
+        for _ in range(args.rounds):
+            jax_runs.append(_run([sys.executable, "-m", "smallsample.bench", "--only", name,
+                                  "--steps", str(args.steps), "--conv-impl", args.conv_impl]
+                                 + (["--chunks", str(args.chunks)] if args.chunks else []),
+                                 env, args.timeout))
+            l2l_runs.append(_run([args.peer, str(ROOT / "benchmarks" / "l2l_peer.py"), name,
+                                  "--steps", str(args.steps)], env, args.timeout))
+        ok_j = [r for r in jax_runs if "error" not in r]
+        ok_l = [r for r in l2l_runs if "error" not in r]
+        row = {"name": name, "jax_runs": jax_runs, "l2l_runs": l2l_runs,
+               "loadavg_after": list(os.getloadavg())}
+        if ok_j and ok_l:
+            bj = max(ok_j, key=lambda r: r["tasks_per_s"])
+            bl = max(ok_l, key=lambda r: r["tasks_per_s"])
+            flop = bj["gflop_per_step"]
+            row.update({
+                "jax_tasks_per_s": bj["tasks_per_s"], "l2l_tasks_per_s": bl["tasks_per_s"],
+                "ratio": bj["tasks_per_s"] / bl["tasks_per_s"],
+                "jax_gflop_per_s": flop / (bj["step_ms_median"] / 1e3),
+                "l2l_gflop_per_s": flop / (bl["step_ms_median"] / 1e3),
+                "jax_rss_mb": max(r["rss_peak_mb"] for r in ok_j),
+                "l2l_rss_mb": max(r["rss_peak_mb"] for r in ok_l),
+                "jax_compile_s": bj["compile_s"], "conv_impl": bj["conv_impl"],
+                "chunks": bj["chunks"],
+            })
+            print(f"{name:<28} jax {row['jax_tasks_per_s']:7.2f} tasks/s  l2l "
+                  f"{row['l2l_tasks_per_s']:7.2f}  ratio {row['ratio']:5.2f}  GFLOP/s "
+                  f"{row['jax_gflop_per_s']:5.1f} vs {row['l2l_gflop_per_s']:5.1f}  RSS MB "
+                  f"{row['jax_rss_mb']:.0f} vs {row['l2l_rss_mb']:.0f}  load "
+                  f"{row['loadavg_after'][0]:.1f}", flush=True)
+        else:
+            errs = [r["error"][-300:] for r in jax_runs + l2l_runs if "error" in r]
+            print(f"{name:<28} FAILED: {errs}", flush=True)
+        rows.append(row)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                               "threads": args.threads,
+                                               "xla_flags": env["XLA_FLAGS"], "rows": rows},
+                                              indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
