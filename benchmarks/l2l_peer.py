@@ -67,7 +67,8 @@ def import_learn2learn():
 
 l2l = import_learn2learn()
 
-# name: (learner, backbone, (H, W, C), ways, shots, queries, meta_batch, inner_steps, inner_lr, width)
+# name: (learner, backbone, (H, W, C), ways, shots, queries, meta_batch, inner_steps,
+#        inner_lr, width)
 WORKLOADS = {
     "maml-omniglot-5w1s": ("maml", "stride", (28, 28, 1), 5, 1, 15, 32, 1, 0.4, 64),
     "fomaml-omniglot-5w1s": ("fomaml", "stride", (28, 28, 1), 5, 1, 15, 32, 1, 0.4, 64),
@@ -169,7 +170,7 @@ def make_step(name, steps_hint=None):
         def step():
             opt.zero_grad()
             total = 0.0
-            for sx, sy, qx, qy in tasks:
+            for sx, _sy, qx, qy in tasks:  # support labels are class-major: arange(ways)
                 protos = model(sx).reshape(ways, shots, -1).mean(1)
                 q = model(qx)
                 logits = -((q[:, None, :] - protos[None]) ** 2).sum(-1)
