@@ -273,7 +273,8 @@ def format_record(rec: dict[str, Any]) -> str:
         return f"{rec['name']:<30} ERROR {rec['error']}"
     return (f"{rec['name']:<30} {rec['tasks_per_s']:8.1f} tasks/s  step "
             f"{rec['step_ms_median']:8.1f} ms [{rec['step_ms_min']:.0f}-"
-            f"{rec['step_ms_max']:.0f}]  compile {rec['compile_s']:5.1f} s  {rec['achieved_gflop_per_s']:6.1f} GFLOP/s  "
+            f"{rec['step_ms_max']:.0f}]  compile {rec['compile_s']:5.1f} s  "
+            f"{rec['achieved_gflop_per_s']:6.1f} GFLOP/s  "
             f"rss {rec['rss_peak_mb']:.0f} MB  ({rec['conv_impl']}, chunks {rec['chunks']})")
 
 
