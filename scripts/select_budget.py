@@ -37,8 +37,14 @@ import numpy as np
 from smallsample.data.text import class_indexed, k_shot_indices, load_banking77, load_clinc150
 from smallsample.evaluate import mean_ci95
 from smallsample.learners.protonet import squared_distances
-from smallsample.select import (badge_select, herding, k_center_greedy, kmeans_plus_plus,
-                                uncertainty_select, uniform)
+from smallsample.select import (
+    badge_select,
+    herding,
+    k_center_greedy,
+    kmeans_plus_plus,
+    uncertainty_select,
+    uniform,
+)
 from smallsample.text import fewshot, load_sentence_encoder
 
 CACHE = Path.home() / ".cache" / "smallsample" / "embeddings"
@@ -91,6 +97,32 @@ def active_select(key, x, y, *, num_classes, k, method, pca):
     return np.asarray(chosen)
 
 
+def strategies_for(k, x, y, by_class, *, num_classes, pca):
+    """name -> ``(key) -> chosen pool indices`` for a budget of ``k`` labels per class."""
+    budget = num_classes * k
+    per = by_class["idx"].shape[1]
+    strategies = {
+        "random_per_class": lambda key: k_shot_indices(key, y, num_classes=num_classes,
+                                                       shots=k).ravel(),
+        "herding_per_class": lambda key: per_class_select(
+            lambda kk, xc: herding(xc, k=k), by_class,
+            jax.random.split(key, num_classes)),
+        "kcenter_per_class": lambda key: per_class_select(
+            lambda kk, xc: k_center_greedy(xc, k=k, first=jax.random.randint(
+                kk, (), 0, per)).indices, by_class, jax.random.split(key, num_classes)),
+        "random_pool": lambda key: np.asarray(uniform(key, len(x), k=budget)),
+        "kcenter_pool": lambda key: np.asarray(k_center_greedy(
+            jnp.asarray(x), k=budget, first=jax.random.randint(key, (), 0, len(x))).indices),
+        "kmeanspp_pool": lambda key: np.asarray(kmeans_plus_plus(key, jnp.asarray(x),
+                                                                 k=budget)),
+    }
+    if k >= 2:
+        for m in ("uncertainty_entropy", "badge"):
+            strategies[m] = (lambda key, m=m: active_select(
+                key, x, y, num_classes=num_classes, k=k, method=m, pca=pca))
+    return strategies
+
+
 def run(args, log):
     sets = {"clinc150": load_clinc150, "banking77": load_banking77}[args.dataset]()
     encoder = load_sentence_encoder()
@@ -102,31 +134,12 @@ def run(args, log):
     num_classes = sets["train"].num_classes
     ci = class_indexed(y, num_classes=num_classes)
     by_class = {"idx": ci, "x": x[ci]}
-    per = ci.shape[1]
     centred = x - x.mean(0)
     pca = np.linalg.svd(centred, full_matrices=False)[2][:PCA_DIM].T.astype(np.float32)
     results = {}
     for k in args.budgets:
         budget = num_classes * k
-        strategies = {
-            "random_per_class": lambda key: k_shot_indices(key, y, num_classes=num_classes,
-                                                           shots=k).ravel(),
-            "herding_per_class": lambda key: per_class_select(
-                lambda kk, xc: herding(xc, k=k), by_class,
-                jax.random.split(key, num_classes)),
-            "kcenter_per_class": lambda key: per_class_select(
-                lambda kk, xc: k_center_greedy(xc, k=k, first=jax.random.randint(
-                    kk, (), 0, per)).indices, by_class, jax.random.split(key, num_classes)),
-            "random_pool": lambda key: np.asarray(uniform(key, len(x), k=budget)),
-            "kcenter_pool": lambda key: np.asarray(k_center_greedy(
-                jnp.asarray(x), k=budget, first=jax.random.randint(key, (), 0, len(x))).indices),
-            "kmeanspp_pool": lambda key: np.asarray(kmeans_plus_plus(key, jnp.asarray(x),
-                                                                     k=budget)),
-        }
-        if k >= 2:
-            for m in ("uncertainty_entropy", "badge"):
-                strategies[m] = (lambda key, m=m: active_select(
-                    key, x, y, num_classes=num_classes, k=k, method=m, pca=pca))
+        strategies = strategies_for(k, x, y, by_class, num_classes=num_classes, pca=pca)
         res = {}
         for name, fn in strategies.items():
             t = time.perf_counter()

@@ -23,18 +23,18 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from smallsample.data.text import class_indexed, episodic_split, load_banking77, load_clinc150
 from smallsample.evaluate import evaluate
-from smallsample.text import encode, load_sentence_encoder
-from smallsample.text import fewshot
+from smallsample.text import encode, fewshot, load_sentence_encoder
 
 LOADERS = {"clinc150": load_clinc150, "banking77": load_banking77}
 CACHE = Path.home() / ".cache" / "smallsample" / "embeddings"
 
 
-def cheap_learners(ways):
+def cheap_learners(ways, skip=False):
+    if skip:
+        return {}
     return {"prototypes": fewshot.prototypes(ways),
             "linear_probe": fewshot.linear_probe(ways, steps=100, learning_rate=0.1),
             "ridge": fewshot.ridge(ways, lam=1.0)}
@@ -68,12 +68,12 @@ def run_dataset(name, encoder, args, log):
         for shots in args.shots:
             key = f"{ways}way{shots}shot"
             res = {}
-            for lname, learner in cheap_learners(ways).items():
+            for lname, learner in cheap_learners(ways, args.skip_cheap).items():
                 r = evaluate(learner, learner.init(None, None), data, ways=ways, shots=shots,
                              queries=15, num_episodes=args.episodes, seed=0)
                 res[lname] = fmt(r)
                 log(f"{name} {key} {lname}: {r}")
-            if args.finetune_episodes and ways == 5:
+            if args.finetune_episodes and ways in args.finetune_ways:
                 if ids is None:
                     length = min(args.max_length, max(
                         len(e.ids) for e in encoder.tokenizer.encode_batch(test.texts)))
@@ -89,14 +89,15 @@ def run_dataset(name, encoder, args, log):
                              queries=15, num_episodes=args.finetune_episodes, seed=0, batch=5)
                 res["finetune_encoder"] = fmt(r) | {"seconds": time.perf_counter() - t}
                 log(f"{name} {key} finetune_encoder: {r} ({time.perf_counter() - t:.0f}s)")
-            out["episodic"][key] = res
+            if res:
+                out["episodic"][key] = res
     # K shots per class over all intents, the full test split.
     train, test_full = sets["train"], sets["test"]
     keep = test_full.labels >= 0
     tx, ty = emb["test"][keep], test_full.labels[keep]
     for shots in args.kshot:
         res = {}
-        for lname, learner in cheap_learners(train.num_classes).items():
+        for lname, learner in cheap_learners(train.num_classes, args.skip_cheap).items():
             r = fewshot.kshot_evaluate(learner, learner.init(None, None), emb["train"],
                                        train.labels, tx, ty, num_classes=train.num_classes,
                                        shots=shots, seeds=range(args.seeds))
@@ -106,9 +107,8 @@ def run_dataset(name, encoder, args, log):
             length = min(args.max_length, max(
                 len(e.ids) for e in encoder.tokenizer.encode_batch(train.texts + test_full.texts)))
             tr_ids = fewshot.token_id_matrix(encoder.tokenizer, train.texts, length=length)
-            te_ids = fewshot.token_id_matrix(encoder.tokenizer,
-                                             [t for t, k in zip(test_full.texts, keep) if k],
-                                             length=length)
+            kept = [t for t, k in zip(test_full.texts, keep, strict=True) if k]
+            te_ids = fewshot.token_id_matrix(encoder.tokenizer, kept, length=length)
             ft = fewshot.encoder_finetune(encoder.config, train.num_classes,
                                           steps=args.finetune_steps,
                                           learning_rate=args.finetune_lr,
@@ -122,7 +122,8 @@ def run_dataset(name, encoder, args, log):
                                        seeds=range(args.finetune_seeds), predict_batch=512)
             res["finetune_encoder"] = fmt(r) | {"seconds": time.perf_counter() - t}
             log(f"{name} {shots}-shot/class finetune_encoder: {r} ({time.perf_counter() - t:.0f}s)")
-        out["kshot"][f"{shots}shot"] = res
+        if res:
+            out["kshot"][f"{shots}shot"] = res
     out["throughput_sentences_per_s"] = throughput(encoder, sets["test"].texts)
     log(f"{name}: throughput {out['throughput_sentences_per_s']:.1f} sentences/s")
     return out
@@ -175,6 +176,9 @@ def main(argv=None):
     p.add_argument("--finetune-seeds", type=int, default=0)
     p.add_argument("--finetune-steps", type=int, default=10)
     p.add_argument("--finetune-lr", type=float, default=5e-5)
+    p.add_argument("--finetune-ways", type=int, nargs="+", default=[5])
+    p.add_argument("--skip-cheap", action="store_true",
+                   help="only whole-encoder fine-tuning (the frozen-encoder learners are skipped)")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--cache-dir", type=Path, default=CACHE)
     p.add_argument("--out", type=Path, default=Path("results/text_fewshot.json"))

@@ -74,10 +74,9 @@ def main(argv=None):
             runs = np.array([run_once(jax.random.key(s), emb, sets, shots=shots or None,
                                       kind=kind, temperature=args.temperature) for s in seeds])
             name = f"{shots or 'all'}shot/{kind}"
+            metrics = ("in_scope_accuracy", "oos_recall", "accuracy_without_rejection")
             results[name] = {m: {"mean": r.mean, "ci95": r.ci95, "values": r.accuracies.tolist()}
-                             for m, r in zip(("in_scope_accuracy", "oos_recall",
-                                              "accuracy_without_rejection"),
-                                             (mean_ci95(runs[:, i]) for i in range(3)))}
+                             for i, m in enumerate(metrics) for r in (mean_ci95(runs[:, i]),)}
             print(name, {m: f"{100 * v['mean']:.2f} +- {100 * v['ci95']:.2f}"
                          for m, v in results[name].items()}, flush=True)
     seconds = time.perf_counter() - t0

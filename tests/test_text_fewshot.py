@@ -81,8 +81,8 @@ def test_encoder_finetune_zero_steps_is_prototypes_on_a_tiny_bert():
     y = np.array([0, 1, 2, 0, 1, 2], np.int32)
     learner = fewshot.encoder_finetune(config, 3, steps=0, scale=1.0)
     params = learner.init(jax.random.key(0), ids)
-    state = learner.adapt(params, ids, y, jax.random.key(1))
-    logits = np.asarray(learner.predict(params, state, ids), np.float64)
+    state = jax.jit(learner.adapt)(params, ids, y, jax.random.key(1))
+    logits = np.asarray(jax.jit(learner.predict)(params, state, ids), np.float64)
     z = np.asarray(bert.sentence_embedding(params["encoder"], ids, ids != 0, config=config),
                    np.float64)
     c = np.stack([z[y == k].mean(0) for k in range(3)])
@@ -92,14 +92,14 @@ def test_encoder_finetune_zero_steps_is_prototypes_on_a_tiny_bert():
                                ref - ref.mean(1, keepdims=True), atol=1e-4)
     # A few steps lower the support loss.
     trained = fewshot.encoder_finetune(config, 3, steps=5, learning_rate=1e-2, scale=1.0)
-    s5 = trained.adapt(params, ids, y, jax.random.key(1))
+    s5 = jax.jit(trained.adapt)(params, ids, y, jax.random.key(1))
 
     def loss(lg):
         lg = np.asarray(lg, np.float64)
         lse = np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1)) + lg.max(1)
         return float((lse - lg[np.arange(6), y]).mean())
 
-    assert loss(trained.predict(params, s5, ids)) < loss(logits)
+    assert loss(jax.jit(trained.predict)(params, s5, ids)) < loss(logits)
 
 
 def test_kshot_accuracy_bookkeeping():

@@ -160,6 +160,8 @@ def encoder_finetune(config: bert.BertConfig, ways: int, *, steps: int = 10,
             updates, opt_state = opt.update(jax.grad(loss)(state), opt_state, state)
             return (optax.apply_updates(state, updates), opt_state), None
 
+        if steps == 0:
+            return start
         (state, _), _ = jax.lax.scan(step, (start, opt.init(start)), None, length=steps)
         return state
 
