@@ -111,11 +111,22 @@ def make_train_step(learner: Learner, optimizer: optax.GradientTransformation, s
     """
     check_divisible(batch, mesh)
 
-    def one_step(state: TrainState, data):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    def loss_and_grad(params, key, data):
         k_sample, k_adapt = jax.random.split(key)
         episodes = shard_tasks(sample(k_sample, data), mesh)
-        loss, acc, grads = meta_gradient(learner, state.params, episodes, k_adapt, chunks=chunks)
+        return meta_gradient(learner, params, episodes, k_adapt, chunks=chunks)
+
+    return _repeated_steps(loss_and_grad, optimizer, steps_per_call)
+
+
+def _repeated_steps(loss_and_grad, optimizer, steps_per_call: int):
+    """``step(state, data)``: ``steps_per_call`` optimizer steps under ``lax.scan``, each with the
+    key ``fold_in(run_key, step)`` and ``loss_and_grad(params, key, data) -> (loss, acc, grads)``.
+    """
+
+    def one_step(state: TrainState, data):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        loss, acc, grads = loss_and_grad(state.params, key, data)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state._replace(step=state.step + 1, params=params, opt_state=opt_state), \
@@ -135,8 +146,7 @@ def make_pretrain_step(pretrainer, optimizer: optax.GradientTransformation, *, b
     takes one optimizer step on ``pretrainer.loss`` (fine-tuning baselines).
     """
 
-    def one_step(state: TrainState, data):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    def loss_and_grad(params, key, data):
         k_c, k_e, k_aug = jax.random.split(key, 3)
         n = data.shape[1] if per_class is None else per_class
         classes = jax.random.randint(k_c, (batch,), 0, data.shape[0])
@@ -144,17 +154,10 @@ def make_pretrain_step(pretrainer, optimizer: optax.GradientTransformation, *, b
         x = to_float(data[classes, examples])
         if augment is not None:
             x = jax.vmap(augment)(jax.random.split(k_aug, batch), x)
-        (loss, acc), grads = jax.value_and_grad(pretrainer.loss, has_aux=True)(
-            state.params, x, classes)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return state._replace(step=state.step + 1, params=params, opt_state=opt_state), \
-            {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
+        (loss, acc), grads = jax.value_and_grad(pretrainer.loss, has_aux=True)(params, x, classes)
+        return loss, acc, grads
 
-    def step(state: TrainState, data):
-        return jax.lax.scan(lambda s, _: one_step(s, data), state, None, length=steps_per_call)
-
-    return step
+    return _repeated_steps(loss_and_grad, optimizer, steps_per_call)
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
