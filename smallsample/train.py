@@ -56,10 +56,8 @@ def make_sampler(*, meta_batch: int, ways: int, shots: int, queries: int, rotate
             return episodes
         ks, kq = jax.random.split(k_aug)
 
-        def apply(k, x):  # x: [batch, n, H, W, C]
-            keys = jax.random.split(k, x.shape[0] * x.shape[1]).reshape(x.shape[:2] + (-1,))
-            keys = jax.random.wrap_key_data(keys) if not jax.dtypes.issubdtype(
-                keys.dtype, jax.dtypes.prng_key) else keys
+        def apply(k, x):  # x: [batch, n, H, W, C]; one key per image
+            keys = jax.random.split(k, x.shape[0] * x.shape[1]).reshape(x.shape[:2])
             return jax.vmap(jax.vmap(augment))(keys, x)
 
         return episodes._replace(support_x=apply(ks, episodes.support_x),
