@@ -34,6 +34,8 @@ def cmd_train(args) -> int:
     from smallsample.train import train  # noqa: PLC0415
 
     preset, overrides = _split_preset(args.settings)
+    if args.augment:
+        overrides.append(f"augment={args.augment}")
     run_dir = Path(args.run_dir) if args.run_dir else None
     if args.resume:
         if run_dir is None:
@@ -162,6 +164,8 @@ def cmd_episode(args) -> int:
     from smallsample.registry import load_data  # noqa: PLC0415
 
     preset, overrides = _split_preset(args.settings)
+    if args.augment:
+        overrides.append(f"augment={args.augment}")
     config = make_config(preset or "quickstart", overrides)
     data = load_data(config.replace(val_part="", test_part=""), root=args.data)
     ep = sample_episode(jax.random.key(args.seed), jax.numpy.asarray(data["train"]),
@@ -200,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--lake", action="store_true", help="also report Lake's 20-run one-shot task")
+    t.add_argument("--augment", default="", help="augmentation pipeline applied inside the "
+                   "training step, e.g. 'rotate(max_degrees=15),translate(max_pixels=2)'")
     _add_data_arg(t)
     t.set_defaults(func=cmd_train)
 
@@ -226,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("settings", nargs="*", help="a preset name and/or key=value settings")
     ep.add_argument("--out", default="episode.png")
     ep.add_argument("--seed", type=int, default=0)
+    ep.add_argument("--augment", default="", help="show the episode after this pipeline")
     _add_data_arg(ep)
     ep.set_defaults(func=cmd_episode)
 

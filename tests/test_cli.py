@@ -45,6 +45,7 @@ def test_pictures(run_dir, data_dir, tmp_path):
     assert main(["plot", str(run_dir), "--out", str(tmp_path / "c.png")]) == 0
     assert Image.open(tmp_path / "c.png").size[0] > 300
     assert main(["episode", "quickstart", "rotate=true", "--out", str(tmp_path / "e.png"),
+                 "--augment", "rotate(max_degrees=20),noise(std=0.05)",
                  "--data", str(data_dir)]) == 0
     assert Image.open(tmp_path / "e.png").size[0] > 300
 
