@@ -299,7 +299,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     eval_fn = make_eval_fn(eval_learner)
 
     def validate(params) -> Result | None:
-        if "val" not in data or not config.val_episodes:
+        if not config.val_part or "val" not in data or not config.val_episodes:
             return None
         return evaluate(eval_learner, params, jnp.asarray(data["val"]), ways=config.ways,
                         shots=config.shots, queries=config.queries,
