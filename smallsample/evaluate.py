@@ -47,14 +47,17 @@ def make_eval_fn(learner: Learner):
 
 
 def evaluate(learner: Learner, params: Any, data: jax.Array, *, ways: int, shots: int,
-             queries: int = 15, num_episodes: int = 600, seed: int = 0, batch: int = 50,
+             queries: int = 15, num_episodes: int = 600, seed: int = 0, batch: int | None = None,
              eval_fn=None) -> Result:
     """Mean accuracy +- 95% CI of ``learner`` on ``num_episodes`` fixed episodes of ``data``.
 
-    The episodes depend only on ``(seed, data, ways, shots, queries)``, so two runs and two learners
-    see the same test tasks. ``eval_fn`` (from :func:`make_eval_fn`) can be passed to reuse a
+    The episodes depend only on ``(seed, data, ways, shots, queries)``, not on ``batch`` (episodes
+    evaluated at once; default: as many as keep about 2,000 examples in flight), so two runs and
+    two learners see the same test tasks. ``eval_fn`` (from :func:`make_eval_fn`) can be passed to reuse a
     compiled function.
     """
+    if batch is None:  # bound the examples in flight (vmapped activations grow with them)
+        batch = max(1, min(50, 2000 // (ways * (shots + queries))))
     eval_fn = eval_fn or make_eval_fn(learner)
     accs = []
     adapt_keys = jax.random.split(jax.random.key(seed + 1), num_episodes)
