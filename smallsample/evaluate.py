@@ -47,8 +47,8 @@ def make_eval_fn(learner: Learner):
 
 
 def evaluate(learner: Learner, params: Any, data: jax.Array, *, ways: int, shots: int,
-             queries: int = 15, num_episodes: int = 600, seed: int = 0, batch: int | None = None,
-             eval_fn=None) -> Result:
+             queries: int = 15, num_episodes: int = 600, seed: int = 0,
+             batch: int | None = None, eval_fn=None) -> Result:
     """Mean accuracy +- 95% CI of ``learner`` on ``num_episodes`` fixed episodes of ``data``.
 
     The episodes depend only on ``(seed, data, ways, shots, queries)``, not on ``batch`` (episodes
