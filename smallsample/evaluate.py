@@ -53,8 +53,8 @@ def evaluate(learner: Learner, params: Any, data: jax.Array, *, ways: int, shots
 
     The episodes depend only on ``(seed, data, ways, shots, queries)``, not on ``batch`` (episodes
     evaluated at once; default: as many as keep about 2,000 examples in flight), so two runs and
-    two learners see the same test tasks. ``eval_fn`` (from :func:`make_eval_fn`) can be passed to reuse a
-    compiled function.
+    two learners see the same test tasks. ``eval_fn`` (from :func:`make_eval_fn`) can be passed to
+    reuse a compiled function.
     """
     if batch is None:  # bound the examples in flight (vmapped activations grow with them)
         batch = max(1, min(50, 2000 // (ways * (shots + queries))))
