@@ -45,8 +45,16 @@ def test_chunked_meta_gradient_equals_plain():
     key = jax.random.key(2)
     plain = meta_gradient(learner, params, eps, key)
     chunked = meta_gradient(learner, params, eps, key, chunks=2)
-    # conv biases before a batch-statistics norm have a zero true gradient: float noise only
-    chex.assert_trees_all_close(plain, chunked, rtol=1e-4, atol=1e-5)
+    # conv biases before a batch-statistics norm have a zero true gradient (float noise only):
+    # left out of the comparison
+    def drop_conv_bias(grads):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, g: jnp.zeros_like(g) if "Conv" in jax.tree_util.keystr(path)
+            and "bias" in jax.tree_util.keystr(path) else g, grads)
+
+    chex.assert_trees_all_close(plain[:2], chunked[:2], rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(drop_conv_bias(plain[2]), drop_conv_bias(chunked[2]),
+                                rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="meta-batch 4 is not divisible into 3 chunks"):
         meta_gradient(learner, params, eps, key, chunks=3)
 

@@ -145,11 +145,9 @@ class BatchStatNorm(nn.Module):
 def max_pool2(x: jax.Array) -> jax.Array:
     """2x2 max-pool with stride 2, floor mode (PyTorch's default), of ``x [n, H, W, C]``.
 
-    Written as a reshape and a max-reduction rather than ``lax.reduce_window``: the gradient of
-    ``reduce_window`` (select-and-scatter) is about 8x slower on XLA's CPU backend, and this form
-    also vmaps into plain reductions. Ties share the gradient equally instead of going to the first
-    maximum; with continuous inputs ties have probability zero.
+    ``lax.reduce_window``. A reshape + max-reduction form has a gradient about 8x faster on XLA's
+    CPU backend, but composed with the im2col convolution under ``jit`` (jax 0.10.2, CPU) its
+    gradient came out wrong, also in float64 (tests/test_train.py, chunked vs plain meta-gradient),
+    so it is not used.
     """
-    n, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
