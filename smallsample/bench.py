@@ -44,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from smallsample.models.layers import default_conv_impl  # re-exported: what "auto" means
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -100,14 +102,6 @@ QUICK = [
     Workload("quick-protonet", "protonet", "conv4", (12, 12, 1), 3, 1, 2, 2, width=8,
              num_classes=6, per_class=4),
 ]
-
-
-def default_conv_impl(backend: str | None = None) -> str:
-    """The convolution lowering ``conv_impl='auto'`` means on ``backend`` (default: JAX's); see
-    :func:`smallsample.models.layers.default_conv_impl`."""
-    from smallsample.models.layers import default_conv_impl as layers_default  # noqa: PLC0415
-
-    return layers_default(backend)
 
 
 def build(workload: Workload, *, conv_impl: str = "auto"):  # noqa: C901

@@ -7,6 +7,7 @@ number beside ours.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -78,3 +79,16 @@ def run_table(table: str, *, overrides: tuple[str, ...] = (), root=None, runs="r
                      f"{r['train_seconds'] / 60:.0f} min | {r['device']} |")
     (out / f"{table}.md").write_text("\n".join(lines) + "\n")
     return rows
+
+
+def main(table: str, argv: list[str] | None = None) -> list[dict]:
+    """Command line of ``scripts/reproduce_<table>.py``: ``[key=value ...] [--only PRESET]``."""
+    ap = argparse.ArgumentParser(description=f"Reproduce the {table} table.")
+    ap.add_argument("overrides", nargs="*", help="key=value settings applied to every preset")
+    ap.add_argument("--only", action="append", default=[],
+                    help="run only this preset (repeatable)")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--episodes", type=int, default=600)
+    args = ap.parse_args(argv)
+    return run_table(table, overrides=tuple(args.overrides), root=args.data,
+                     only=tuple(args.only), episodes=args.episodes)
