@@ -48,7 +48,7 @@ def build_learner(config: Config, *, ways: int, test: bool = False) -> Learner:
     steps = config.effective_test_inner_steps if test else config.inner_steps
     if name == "protonet":
         from smallsample.learners.protonet import protonet  # noqa: PLC0415
-        return protonet(backbone(config), ways)
+        return protonet(backbone(config), ways, norm=config.norm)
     if name in MAML_VARIANTS:
         from smallsample.learners.maml import maml  # noqa: PLC0415
         return maml(backbone(config, num_classes=ways), ways, inner_steps=steps,

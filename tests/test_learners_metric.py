@@ -9,6 +9,7 @@ import pytest
 
 from smallsample.learners.metric import matching_net
 from smallsample.learners.protonet import class_means, protonet
+from smallsample.models.layers import BatchStatNorm
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +69,47 @@ def test_protonet_logits_are_negative_squared_distances_to_numpy_means():
     protos = np.stack([es[np.asarray(sy) == k].mean(0) for k in range(3)])
     ref = -((eq[:, None, :] - protos[None]) ** 2).sum(-1)
     np.testing.assert_allclose(logits, ref, rtol=1e-10, atol=1e-12)
+
+
+class NormEmbed(nn.Module):
+    """Dense -> batch-statistics norm -> tanh: the embedding whose statistics ``norm`` chooses."""
+
+    @nn.compact
+    def __call__(self, x):
+        return jnp.tanh(BatchStatNorm()(nn.Dense(5)(x)))
+
+
+def np_norm_embed(params, x, stats_of):
+    h, hs = np.asarray(x) @ params["Dense_0"]["kernel"], np.asarray(stats_of) @ \
+        params["Dense_0"]["kernel"]
+    h, hs = h + params["Dense_0"]["bias"], hs + params["Dense_0"]["bias"]
+    y = (h - hs.mean(0)) / np.sqrt(hs.var(0) + 1e-5)
+    return np.tanh(y * params["BatchStatNorm_0"]["scale"] + params["BatchStatNorm_0"]["bias"])
+
+
+@pytest.mark.parametrize("norm", ["separate", "support", "joint"])
+def test_protonet_norm_modes_equal_numpy(norm):
+    """Which batch the normalisation statistics come from: each set its own, the support set's for
+    both, or support and queries together."""
+    sx, sy, qx = data(3)
+    learner = protonet(NormEmbed(), 3, norm=norm)
+    params = draw_params(learner, sx)
+    logits = run(learner, params, sx, sy, qx)
+    both = np.concatenate([sx, qx])
+    stats_s, stats_q = {"separate": (sx, qx), "support": (sx, sx), "joint": (both, both)}[norm]
+    es, eq = np_norm_embed(params, sx, stats_s), np_norm_embed(params, qx, stats_q)
+    protos = np.stack([es[np.asarray(sy) == k].mean(0) for k in range(3)])
+    ref = -((eq[:, None, :] - protos[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(logits, ref, rtol=1e-10, atol=1e-12)
+    if norm == "support":  # one query at a time gives the same logits as the whole query set
+        single = np.concatenate([run(learner, params, sx, sy, qx[i:i + 1])
+                                 for i in range(len(qx))])
+        np.testing.assert_allclose(single, logits, rtol=1e-10, atol=1e-12)
+
+
+def test_protonet_rejects_unknown_norm():
+    with pytest.raises(ValueError, match="unknown norm 'batch'"):
+        protonet(NormEmbed(), 3, norm="batch")
 
 
 @pytest.mark.parametrize("learn_scale", [False, True])

@@ -24,11 +24,32 @@ def squared_distances(a: jax.Array, b: jax.Array) -> jax.Array:
     return (jnp.sum(a * a, -1)[:, None] - 2 * a @ b.T + jnp.sum(b * b, -1)[None, :])
 
 
-def protonet(model: nn.Module, ways: int, *, name: str = "protonet") -> Learner:
+NORM_MODES = ("support", "separate", "joint")
+
+
+def protonet(model: nn.Module, ways: int, *, norm: str = "separate",
+             name: str = "protonet") -> Learner:
     """A prototypical-network learner over the embedding ``model`` (a flax module).
 
-    ``task_state`` is the prototypes ``[ways, d]``; logits are negative squared distances.
+    Logits are negative squared distances to the class means of the support embeddings.
+
+    ``norm`` says which batch statistics the model's batch-statistics normalisation
+    (:class:`~smallsample.models.layers.BatchStatNorm`) uses; it matters most at 1 shot, where the
+    support set is a few images and the query set many:
+
+    - ``'separate'`` (default, as MAML does): support and query batches each use their own
+      statistics. Predictions for a query depend on the other queries in its batch, and a batch
+      of one query is degenerate.
+    - ``'support'``: queries are normalised with the support set's statistics, so support and
+      queries pass through the same function and each query is classified on its own (not
+      transductive; use it when queries arrive one at a time). ``task_state`` is
+      ``(prototypes, norm_stats)``.
+    - ``'joint'``: statistics of support and queries together (Snell et al.'s training batch;
+      transductive: a query's prediction depends on the other queries). ``adapt`` keeps the support
+      set and ``predict`` embeds it with the queries.
     """
+    if norm not in NORM_MODES:
+        raise ValueError(f"unknown norm {norm!r}; choose from {', '.join(NORM_MODES)}")
 
     def init(key: jax.Array, example_x: jax.Array) -> Any:
         return model.init(key, example_x)["params"]
@@ -36,11 +57,34 @@ def protonet(model: nn.Module, ways: int, *, name: str = "protonet") -> Learner:
     def embed(params, x):
         return model.apply({"params": params}, x)
 
-    def adapt(params, support_x, support_y, key):
-        del key
-        return class_means(embed(params, support_x), support_y, ways)
+    if norm == "support":
+        def adapt(params, support_x, support_y, key):
+            del key
+            z, stats = model.apply({"params": params}, support_x, mutable=["norm_stats"])
+            return class_means(z, support_y, ways), stats.get("norm_stats", {})
 
-    def predict(params, prototypes, query_x):
-        return -squared_distances(embed(params, query_x), prototypes)
+        def predict(params, task_state, query_x):
+            prototypes, stats = task_state
+            variables = {"params": params, "norm_stats": stats} if stats else {"params": params}
+            return -squared_distances(model.apply(variables, query_x), prototypes)
+
+    elif norm == "separate":
+        def adapt(params, support_x, support_y, key):
+            del key
+            return class_means(embed(params, support_x), support_y, ways)
+
+        def predict(params, prototypes, query_x):
+            return -squared_distances(embed(params, query_x), prototypes)
+
+    else:
+        def adapt(params, support_x, support_y, key):
+            del params, key
+            return support_x, support_y
+
+        def predict(params, task_state, query_x):
+            support_x, support_y = task_state
+            z = embed(params, jnp.concatenate([support_x, query_x]))
+            prototypes = class_means(z[: support_x.shape[0]], support_y, ways)
+            return -squared_distances(z[support_x.shape[0]:], prototypes)
 
     return Learner(init=init, adapt=adapt, predict=predict, name=name)

@@ -122,10 +122,16 @@ class Conv(nn.Module):
 
 
 class BatchStatNorm(nn.Module):
-    """BatchNorm that always normalises with the statistics of the batch at hand.
+    """BatchNorm that normalises with the statistics of a batch, never with running averages.
 
-    As in MAML: no running averages, so the layer is a pure function of its input and its learnable
-    scale and shift (which the inner loop adapts). Statistics are over every axis but the last.
+    As in MAML: the layer is a pure function of its input, its learnable scale and shift (which the
+    inner loop adapts) and, optionally, statistics computed earlier. Statistics are over every axis
+    but the last.
+
+    Statistics can be carried from one batch to another through the ``'norm_stats'`` collection:
+    applied with ``mutable=['norm_stats']`` the layer stores the mean and variance of its batch;
+    applied with a ``'norm_stats'`` collection in its variables it normalises with those instead of
+    its own batch's (e.g. a query set normalised like the support set it is compared with).
     """
 
     epsilon: float = 1e-5
@@ -133,9 +139,16 @@ class BatchStatNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        axes = tuple(range(x.ndim - 1))
-        mean = x.mean(axes)
-        var = jnp.square(x - mean).mean(axes)
+        if self.has_variable("norm_stats", "mean") and not self.is_mutable_collection("norm_stats"):
+            mean = self.get_variable("norm_stats", "mean")
+            var = self.get_variable("norm_stats", "var")
+        else:
+            axes = tuple(range(x.ndim - 1))
+            mean = x.mean(axes)
+            var = jnp.square(x - mean).mean(axes)
+            if self.is_mutable_collection("norm_stats"):
+                self.put_variable("norm_stats", "mean", mean)
+                self.put_variable("norm_stats", "var", var)
         y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
         scale = self.param("scale", self.scale_init, (x.shape[-1],), x.dtype)
         bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), x.dtype)
