@@ -212,3 +212,65 @@ def test_minilm_end_to_end_on_clinc150_sentences():
     state = learner.adapt({}, emb[:9], sup_y, jax.random.key(0))
     logits = np.asarray(learner.predict({}, state, emb[9:]))
     assert (logits.argmax(-1) == qry_y).sum() >= 11
+
+
+def _np_between_specials(fn_out, ids):
+    """NumPy reference of augment_between_specials given the inner augmentation's output."""
+    new, new_mask = (np.asarray(a) for a in fn_out)
+    length = int((ids != 0).sum())
+    words = list(new[new_mask])[: len(ids) - 2]
+    out = [ids[0], *words, ids[length - 1]]
+    return np.array(out + [0] * (len(ids) - len(out)), ids.dtype)
+
+
+@pytest.mark.parametrize("op", ["deletion", "swap", "insertion"])
+def test_augment_between_specials_keeps_cls_and_sep(op):
+    from smallsample.augment import text as ta
+
+    fns = {"deletion": lambda k, t, m: ta.random_deletion(k, t, m, rate=0.5),
+           "swap": lambda k, t, m: ta.random_swap(k, t, m, num_swaps=2),
+           "insertion": lambda k, t, m: ta.random_insertion(
+               k, t, m, synonyms=jnp.arange(200, dtype=jnp.int32).reshape(100, 2) + 1000,
+               num_insertions=3)}
+    fn = fns[op]
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        width, length = 9, int(rng.integers(2, 10))
+        ids = np.zeros(width, np.int32)
+        ids[:length] = np.r_[101, rng.integers(1, 99, length - 2), 102]
+        key = jax.random.key(trial)
+        got = np.asarray(jax.jit(lambda k, t: fewshot.augment_between_specials(fn, k, t))(
+            key, jnp.asarray(ids)))
+        inner_mask = np.arange(width - 1) < length - 2
+        inner = np.where(inner_mask, ids[1:], 0)
+        ref = _np_between_specials(fn(key, jnp.asarray(inner), jnp.asarray(inner_mask)), ids)
+        np.testing.assert_array_equal(got, ref)
+        n = int((got != 0).sum())
+        assert got[0] == 101 and got[n - 1] == 102 and not got[n:].any()
+        if op == "swap":
+            assert sorted(got[1:n - 1]) == sorted(ids[1:length - 1])
+
+
+def test_augmented_finetune_differs_and_is_deterministic():
+    from smallsample.augment import text as ta
+    from smallsample.models import bert
+
+    config = bert.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                             num_attention_heads=2, intermediate_size=32,
+                             max_position_embeddings=16)
+    rng = np.random.default_rng(0)
+    ids = np.zeros((6, 8), np.int32)
+    ids[:, 0], ids[:, 6] = 1, 2
+    ids[:, 1:6] = rng.integers(3, 50, size=(6, 5))
+    y = np.array([0, 1, 2, 0, 1, 2], np.int32)
+    aug = fewshot.encoder_finetune(config, 3, steps=3, learning_rate=1e-2,
+                                   augment=lambda k, t, m: ta.random_swap(k, t, m))
+    plain = fewshot.encoder_finetune(config, 3, steps=3, learning_rate=1e-2)
+    params = aug.init(jax.random.key(0), ids)
+    a1 = jax.jit(aug.adapt)(params, ids, y, jax.random.key(1))
+    a2 = jax.jit(aug.adapt)(params, ids, y, jax.random.key(1))
+    a3 = jax.jit(aug.adapt)(params, ids, y, jax.random.key(2))
+    p = jax.jit(plain.adapt)(params, ids, y, jax.random.key(1))
+    k1, k2, k3, kp = (np.asarray(s.head["kernel"]) for s in (a1, a2, a3, p))
+    np.testing.assert_array_equal(k1, k2)
+    assert not np.allclose(k1, k3) and not np.allclose(k1, kp)

@@ -19,7 +19,7 @@ the whole test split, mean +- CI over seeds), and out-of-scope detection by a co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -101,9 +101,33 @@ class EncoderHead(NamedTuple):
     head: Any
 
 
+def augment_between_specials(augment: Callable[..., tuple[jax.Array, jax.Array]],
+                             key: jax.Array, ids: jax.Array, *, pad_id: int = 0) -> jax.Array:
+    """Applies a token augmentation (:mod:`smallsample.augment.text`: ``augment(key, tokens,
+    mask) -> (tokens, mask)``) to one tokenised sentence ``ids [L]`` (``[CLS] words [SEP]`` then
+    ``pad_id``), leaving the first and last real tokens where they are: only the words between
+    them are deleted, swapped, replaced... If an insertion would overflow ``L``, the words are cut
+    so that the closing token still fits."""
+    if ids.ndim != 1:
+        raise ValueError(f"augment_between_specials takes one sentence [L], got shape {ids.shape}")
+    width = ids.shape[0]
+    length = jnp.sum(ids != pad_id)
+    close = ids[jnp.maximum(length - 1, 0)]
+    inner_mask = jnp.arange(width - 1) < length - 2
+    inner = jnp.where(inner_mask, ids[1:], jnp.asarray(pad_id, ids.dtype))
+    new, new_mask = augment(key, inner, inner_mask)
+    n = jnp.minimum(jnp.sum(new_mask), width - 2)
+    pos = jnp.arange(width)
+    out = jnp.concatenate([ids[:1], new.astype(ids.dtype)])
+    out = jnp.where(pos <= n, out, jnp.asarray(pad_id, ids.dtype))
+    out = jnp.where(pos == n + 1, close, out)
+    return jnp.where(length >= 2, out, ids)  # [CLS] alone or empty: unchanged
+
+
 def encoder_finetune(config: bert.BertConfig, ways: int, *, steps: int = 10,
                      learning_rate: float = 5e-5, scale: float = 10.0, pooling: str = "mean",
                      normalize: bool = True, pad_id: int = 0,
+                     augment: Callable[..., tuple[jax.Array, jax.Array]] | None = None,
                      name: str = "finetune-encoder") -> Learner:
     """Fine-tunes the whole sentence encoder and a linear head on the support set.
 
@@ -121,6 +145,9 @@ def encoder_finetune(config: bert.BertConfig, ways: int, *, steps: int = 10,
       scale: logit scale (inverse temperature) of the head.
       pooling, normalize: as in :func:`~smallsample.models.bert.sentence_embedding`.
       pad_id: the padding token id.
+      augment: an optional token augmentation ``augment(key, tokens, mask) -> (tokens, mask)``
+        (:mod:`smallsample.augment.text`). Each step then trains on the support set and a fresh
+        augmented copy of it (:func:`augment_between_specials`, keys from ``adapt``'s key).
 
     Returns:
       A :class:`Learner` with ``params = {'encoder': pre-trained parameters}`` (``init`` is not
@@ -145,24 +172,28 @@ def encoder_finetune(config: bert.BertConfig, ways: int, *, steps: int = 10,
         return {"encoder": bert.BertEncoder(config).init(key, ids, ids != 0)["params"]}
 
     def adapt(params, support_x, support_y, key):
-        del key
         z = embed(params["encoder"], support_x)
         c = class_means(z, support_y, ways)
         start = EncoderHead(params["encoder"], {"kernel": 2.0 * c.T,
                                                 "bias": -jnp.sum(c * c, -1)})
 
-        def loss(state):
-            return optax.softmax_cross_entropy_with_integer_labels(
-                logits_of(state, support_x), support_y).mean()
+        def loss(state, x, y):
+            return optax.softmax_cross_entropy_with_integer_labels(logits_of(state, x), y).mean()
 
-        def step(carry, _):
+        def step(carry, i):
             state, opt_state = carry
-            updates, opt_state = opt.update(jax.grad(loss)(state), opt_state, state)
+            x, y = support_x, support_y
+            if augment is not None:
+                keys = jax.random.split(jax.random.fold_in(key, i), x.shape[0])
+                copy = jax.vmap(lambda k, t: augment_between_specials(augment, k, t,
+                                                                      pad_id=pad_id))(keys, x)
+                x, y = jnp.concatenate([x, copy]), jnp.concatenate([y, y])
+            updates, opt_state = opt.update(jax.grad(loss)(state, x, y), opt_state, state)
             return (optax.apply_updates(state, updates), opt_state), None
 
         if steps == 0:
             return start
-        (state, _), _ = jax.lax.scan(step, (start, opt.init(start)), None, length=steps)
+        (state, _), _ = jax.lax.scan(step, (start, opt.init(start)), jnp.arange(steps))
         return state
 
     def predict(params, state, query_x):
