@@ -4,7 +4,8 @@
   linear probe, ridge head on ``--episodes`` episodes; whole-encoder fine-tuning on
   ``--finetune-episodes`` (expensive on CPU).
 - K shots per class over all intents (150 / 77) with the full test split: mean +- 95% CI over
-  ``--seeds`` seeds (fine-tuning: ``--finetune-seeds``, 5-shot only).
+  ``--seeds`` seeds (fine-tuning: ``--finetune-seeds`` seeds at ``--finetune-kshot`` shots;
+  ``--finetune-augment eda|both``: a variant trained with EDA token augmentation).
 - Encoder throughput (sentences/s, uncached, this machine) and total time.
 
 Writes ``--out`` (JSON) and ``--md`` (markdown table). Embeddings are cached under
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import jax
 
+from smallsample.augment import text as text_augment
 from smallsample.data.text import class_indexed, episodic_split, load_banking77, load_clinc150
 from smallsample.evaluate import evaluate
 from smallsample.text import encode, fewshot, load_sentence_encoder
@@ -38,6 +40,26 @@ def cheap_learners(ways, skip=False):
     return {"prototypes": fewshot.prototypes(ways),
             "linear_probe": fewshot.linear_probe(ways, steps=100, learning_rate=0.1),
             "ridge": fewshot.ridge(ways, lam=1.0)}
+
+
+def eda(key, tokens, mask):
+    """The text augmentation used with ``--finetune-augment eda``: EDA's random deletion (rate
+    0.1) then one random swap."""
+    k_del, k_swap = jax.random.split(key)
+    tokens, mask = text_augment.random_deletion(k_del, tokens, mask, rate=0.1)
+    return text_augment.random_swap(k_swap, tokens, mask, num_swaps=1)
+
+
+def finetune_variants(encoder, ways, args):
+    """name -> whole-encoder fine-tuning learner: plain, with EDA, or both (``--finetune-augment``)."""
+    augments = {"none": {"finetune_encoder": None}, "eda": {"finetune_encoder+eda": eda},
+                "both": {"finetune_encoder": None, "finetune_encoder+eda": eda}}
+    augments = augments[args.finetune_augment]
+    return {name: fewshot.encoder_finetune(encoder.config, ways, steps=args.finetune_steps,
+                                           learning_rate=args.finetune_lr,
+                                           pooling=encoder.pooling, normalize=encoder.normalize,
+                                           augment=aug)
+            for name, aug in augments.items()}
 
 
 def fmt(r):
@@ -80,15 +102,12 @@ def run_dataset(name, encoder, args, log):
                     ids = jax.numpy.asarray(fewshot.token_id_matrix(
                         encoder.tokenizer, test.texts, length=length)[idx])
                     log(f"{name}: token ids {ids.shape}")
-                ft = fewshot.encoder_finetune(encoder.config, ways, steps=args.finetune_steps,
-                                              learning_rate=args.finetune_lr,
-                                              pooling=encoder.pooling,
-                                              normalize=encoder.normalize)
-                t = time.perf_counter()
-                r = evaluate(ft, {"encoder": encoder.params}, ids, ways=ways, shots=shots,
-                             queries=15, num_episodes=args.finetune_episodes, seed=0, batch=5)
-                res["finetune_encoder"] = fmt(r) | {"seconds": time.perf_counter() - t}
-                log(f"{name} {key} finetune_encoder: {r} ({time.perf_counter() - t:.0f}s)")
+                for vname, ft in finetune_variants(encoder, ways, args).items():
+                    t = time.perf_counter()
+                    r = evaluate(ft, {"encoder": encoder.params}, ids, ways=ways, shots=shots,
+                                 queries=15, num_episodes=args.finetune_episodes, seed=0, batch=5)
+                    res[vname] = fmt(r) | {"seconds": time.perf_counter() - t}
+                    log(f"{name} {key} {vname}: {r} ({time.perf_counter() - t:.0f}s)")
             if res:
                 out["episodic"][key] = res
     # K shots per class over all intents, the full test split.
@@ -103,25 +122,21 @@ def run_dataset(name, encoder, args, log):
                                        shots=shots, seeds=range(args.seeds))
             res[lname] = fmt(r)
             log(f"{name} {shots}-shot/class {lname}: {r}")
-        if args.finetune_seeds and shots == min(args.kshot):
+        if args.finetune_seeds and shots in args.finetune_kshot:
             length = min(args.max_length, max(
                 len(e.ids) for e in encoder.tokenizer.encode_batch(train.texts + test_full.texts)))
             tr_ids = fewshot.token_id_matrix(encoder.tokenizer, train.texts, length=length)
             kept = [t for t, k in zip(test_full.texts, keep, strict=True) if k]
             te_ids = fewshot.token_id_matrix(encoder.tokenizer, kept, length=length)
-            ft = fewshot.encoder_finetune(encoder.config, train.num_classes,
-                                          steps=args.finetune_steps,
-                                          learning_rate=args.finetune_lr,
-                                          pooling=encoder.pooling, normalize=encoder.normalize)
-            adapt = jax.jit(ft.adapt)
-            pred = jax.jit(ft.predict)
-            ft_j = ft._replace(adapt=adapt, predict=pred)
-            t = time.perf_counter()
-            r = fewshot.kshot_evaluate(ft_j, {"encoder": encoder.params}, tr_ids, train.labels,
-                                       te_ids, ty, num_classes=train.num_classes, shots=shots,
-                                       seeds=range(args.finetune_seeds), predict_batch=512)
-            res["finetune_encoder"] = fmt(r) | {"seconds": time.perf_counter() - t}
-            log(f"{name} {shots}-shot/class finetune_encoder: {r} ({time.perf_counter() - t:.0f}s)")
+            for vname, ft in finetune_variants(encoder, train.num_classes, args).items():
+                ft_j = ft._replace(adapt=jax.jit(ft.adapt), predict=jax.jit(ft.predict))
+                t = time.perf_counter()
+                r = fewshot.kshot_evaluate(ft_j, {"encoder": encoder.params}, tr_ids,
+                                           train.labels, te_ids, ty,
+                                           num_classes=train.num_classes, shots=shots,
+                                           seeds=range(args.finetune_seeds), predict_batch=512)
+                res[vname] = fmt(r) | {"seconds": time.perf_counter() - t}
+                log(f"{name} {shots}-shot/class {vname}: {r} ({time.perf_counter() - t:.0f}s)")
         if res:
             out["kshot"][f"{shots}shot"] = res
     out["throughput_sentences_per_s"] = throughput(encoder, sets["test"].texts)
@@ -146,8 +161,10 @@ def markdown(results, command):
              "(4,500 / 3,080). `finetune_encoder`: all encoder weights and a prototype-initialised "
              f"head, {results['args']['finetune_steps']} full-batch Adam steps "
              f"(lr {results['args']['finetune_lr']}) on the support set, on far fewer episodes "
-             "(CPU cost).", ""]
-    learners = ["prototypes", "linear_probe", "ridge", "finetune_encoder"]
+             "(CPU cost). `+eda`: each step also trains on an EDA-augmented copy of the "
+             "support set (random deletion 0.1, one swap; `[CLS]`/`[SEP]` kept).", ""]
+    learners = ["prototypes", "linear_probe", "ridge", "finetune_encoder",
+                "finetune_encoder+eda"]
     for name, res in results["datasets"].items():
         cols = list(res["episodic"]) + [f"{k}/class" for k in res["kshot"]]
         lines += [f"## {name}", "", "| learner | " + " | ".join(cols) + " |",
@@ -177,6 +194,11 @@ def main(argv=None):
     p.add_argument("--finetune-steps", type=int, default=10)
     p.add_argument("--finetune-lr", type=float, default=5e-5)
     p.add_argument("--finetune-ways", type=int, nargs="+", default=[5])
+    p.add_argument("--finetune-kshot", type=int, nargs="+", default=[5],
+                   help="shots per class fine-tuned over all intents (with --finetune-seeds)")
+    p.add_argument("--finetune-augment", choices=["none", "eda", "both"], default="none",
+                   help="fine-tune without / with / both without and with EDA token "
+                        "augmentation (deletion 0.1 + one swap)")
     p.add_argument("--skip-cheap", action="store_true",
                    help="only whole-encoder fine-tuning (the frozen-encoder learners are skipped)")
     p.add_argument("--max-length", type=int, default=64)
