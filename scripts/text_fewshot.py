@@ -51,7 +51,8 @@ def eda(key, tokens, mask):
 
 
 def finetune_variants(encoder, ways, args):
-    """name -> whole-encoder fine-tuning learner: plain, with EDA, or both (``--finetune-augment``)."""
+    """name -> whole-encoder fine-tuning learner: plain, with EDA, or both
+    (``--finetune-augment``)."""
     augments = {"none": {"finetune_encoder": None}, "eda": {"finetune_encoder+eda": eda},
                 "both": {"finetune_encoder": None, "finetune_encoder+eda": eda}}
     augments = augments[args.finetune_augment]
