@@ -94,6 +94,8 @@ def test_protonet_norm_modes_equal_numpy(norm):
     sx, sy, qx = data(3)
     learner = protonet(NormEmbed(), 3, norm=norm)
     params = draw_params(learner, sx)
+    # init keeps no statistics (applying its variables must still use the batch's own)
+    assert set(NormEmbed().init(jax.random.key(0), sx)) == {"params"}
     logits = run(learner, params, sx, sy, qx)
     both = np.concatenate([sx, qx])
     stats_s, stats_q = {"separate": (sx, qx), "support": (sx, sx), "joint": (both, both)}[norm]

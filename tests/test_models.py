@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from smallsample.models.conv4 import Conv4
-from smallsample.models.layers import conv2d
+from smallsample.models.layers import conv2d, max_pool2
 from smallsample.models.resnet12 import ResNet12
 
 
@@ -72,6 +72,66 @@ def shapes(model, x_shape):
     x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
     params = jax.eval_shape(model.init, jax.random.key(0), x)
     return params, jax.eval_shape(model.apply, params, x).shape
+
+
+@pytest.mark.parametrize("size", [6, 7])
+def test_max_pool2_values_and_derivatives_equal_numpy(size):
+    """Floor-mode values; reverse and forward mode send each window's derivative to its first
+    maximum (NumPy reference); second order through it by finite differences."""
+    rng = np.random.default_rng(size)
+    x, w = rng.normal(size=(2, size, size, 3)), rng.normal(size=(2, size // 2, size // 2, 3))
+    np.testing.assert_array_equal(jax.jit(max_pool2)(x), np_pool(x))
+    ref = np.zeros_like(x)  # d/dx sum(w * pool(x))
+    for n, i, j, c in np.ndindex(w.shape):
+        win = x[n, 2 * i:2 * i + 2, 2 * j:2 * j + 2, c]
+        a, b = np.unravel_index(np.argmax(win), (2, 2))
+        ref[n, 2 * i + a, 2 * j + b, c] = w[n, i, j, c]
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(w * max_pool2(x))))(x)
+    np.testing.assert_allclose(grad, ref, rtol=1e-12, atol=0)
+    t = rng.normal(size=x.shape)
+    _, tangent = jax.jvp(max_pool2, (x,), (t,))
+    np.testing.assert_allclose(np.sum(w * tangent), np.sum(ref * t), rtol=1e-12)
+    # ties (ReLU zeros): the whole derivative goes to the first entry of the window
+    zeros = jax.grad(lambda x: jnp.sum(max_pool2(x)))(jnp.zeros((1, 2, 2, 1)))
+    np.testing.assert_array_equal(zeros[0, :, :, 0], [[1, 0], [0, 0]])
+    jax.test_util.check_grads(lambda x: jnp.sum(jnp.sin(max_pool2(x)) * w), (x,), order=2,
+                              modes=("fwd", "rev"), eps=1e-6)
+
+
+def test_max_pool2_jit_gradient_equals_reduce_window():
+    """A Conv-4 prototypical-network gradient under ``jit`` (im2col convolution) equals the eager
+    gradient with ``lax.reduce_window`` max-pooling. An ``x == max(x)`` derivative fails this
+    (relative error 1.5 on jax 0.10.2, CPU): XLA recomputes ``x`` with other rounding."""
+    import flax.linen as nn
+
+    import smallsample.models.conv4 as conv4
+    from smallsample.learners.protonet import protonet
+
+    rng = np.random.default_rng(0)
+    sx, qx = rng.random((5, 28, 28, 1)), rng.random((10, 28, 28, 1))
+    sy, qy = jnp.arange(5), jnp.tile(jnp.arange(5), 2)
+    learner = protonet(Conv4(width=32, conv_impl="im2col"), 5)
+    params = learner.init(jax.random.key(1), sx)
+
+    def loss(p):
+        logits = learner.predict(p, learner.adapt(p, sx, sy, None), qx)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), qy[:, None], 1))
+
+    got = jax.jit(jax.grad(loss))(params)
+    original = conv4.max_pool2
+    try:
+        conv4.max_pool2 = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        ref = jax.grad(loss)(params)
+    finally:
+        conv4.max_pool2 = original
+    for path, g in jax.tree_util.tree_leaves_with_path(got):
+        name = jax.tree_util.keystr(path)
+        if "Conv" in name and "bias" in name:  # zero true gradient before batch statistics
+            continue
+        r = ref
+        for k in path:
+            r = r[k.key]
+        np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-12 * np.abs(r).max(), err_msg=name)
 
 
 @pytest.mark.parametrize("model,x_shape,out", [
