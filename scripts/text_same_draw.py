@@ -11,14 +11,27 @@ import jax
 from smallsample.data.text import load_banking77, load_clinc150
 from smallsample.text import fewshot, load_sentence_encoder
 
-enc = load_sentence_encoder()
 CACHE = Path.home() / ".cache" / "smallsample" / "embeddings"
-for name, loader in (("clinc150", load_clinc150), ("banking77", load_banking77)):
-    sets = loader()
-    emb = fewshot.embed_splits(sets, encoder=enc, cache_dir=CACHE)
-    tr, te = sets["train"], sets["test"]
-    keep = te.labels >= 0
-    for shots in (5, 10):
-        for lname, l in (("prototypes", fewshot.prototypes(tr.num_classes)), ("linear_probe", fewshot.linear_probe(tr.num_classes, steps=100, learning_rate=0.1))):
-            a = fewshot.kshot_accuracy(jax.random.key(0), l, l.init(None, None), emb["train"], tr.labels, emb["test"][keep], te.labels[keep], num_classes=tr.num_classes, shots=shots)
-            print(name, shots, lname, "seed 0:", round(100 * a, 2), flush=True)
+
+
+def main():
+    enc = load_sentence_encoder()
+    for name, loader in (("clinc150", load_clinc150), ("banking77", load_banking77)):
+        sets = loader()
+        emb = fewshot.embed_splits(sets, encoder=enc, cache_dir=CACHE)
+        tr, te = sets["train"], sets["test"]
+        keep = te.labels >= 0
+        for shots in (5, 10):
+            learners = {"prototypes": fewshot.prototypes(tr.num_classes),
+                        "linear_probe": fewshot.linear_probe(tr.num_classes, steps=100,
+                                                             learning_rate=0.1)}
+            for lname, learner in learners.items():
+                acc = fewshot.kshot_accuracy(jax.random.key(0), learner, learner.init(None, None),
+                                             emb["train"], tr.labels, emb["test"][keep],
+                                             te.labels[keep], num_classes=tr.num_classes,
+                                             shots=shots)
+                print(name, shots, lname, "seed 0:", round(100 * acc, 2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
