@@ -4,14 +4,11 @@ compare paired with the single-seed fine-tuning runs of ``scripts/text_fewshot.p
 
     SMALLSAMPLE_DATA=../shared/data python scripts/text_same_draw.py
 """
-from pathlib import Path
-
 import jax
+from text_fewshot import CACHE, cheap_learners  # scripts/ is on sys.path when run as a script
 
 from smallsample.data.text import load_banking77, load_clinc150
 from smallsample.text import fewshot, load_sentence_encoder
-
-CACHE = Path.home() / ".cache" / "smallsample" / "embeddings"
 
 
 def main():
@@ -22,10 +19,9 @@ def main():
         tr, te = sets["train"], sets["test"]
         keep = te.labels >= 0
         for shots in (5, 10):
-            learners = {"prototypes": fewshot.prototypes(tr.num_classes),
-                        "linear_probe": fewshot.linear_probe(tr.num_classes, steps=100,
-                                                             learning_rate=0.1)}
-            for lname, learner in learners.items():
+            learners = cheap_learners(tr.num_classes)
+            for lname in ("prototypes", "linear_probe"):
+                learner = learners[lname]
                 acc = fewshot.kshot_accuracy(jax.random.key(0), learner, learner.init(None, None),
                                              emb["train"], tr.labels, emb["test"][keep],
                                              te.labels[keep], num_classes=tr.num_classes,

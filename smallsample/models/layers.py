@@ -185,5 +185,4 @@ def _max_pool2_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
     windows = _pool_windows(x)
     first = jnp.arange(4)[:, None] == jnp.argmax(windows, axis=3)[:, :, :, None, :]
-    return (jnp.sum(jnp.where(first, windows, 0), axis=3),
-            jnp.sum(jnp.where(first, _pool_windows(t), 0), axis=3))
+    return windows.max(axis=3), jnp.sum(jnp.where(first, _pool_windows(t), 0), axis=3)
