@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--conv-impl", default="auto")
     p.add_argument("--chunks", type=int, default=0,
-                   help="JAX: sequential chunks of the meta-batch (0: the workload's, 1)")
+                   help="JAX: sequential chunks of the meta-batch (0: the backend's default)")
     p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for the JAX side")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--json")
@@ -101,13 +101,19 @@ def main(argv=None) -> int:
                 "l2l_gflop_per_s": flop / (bl["step_ms_median"] / 1e3),
                 "jax_rss_mb": max(r["rss_peak_mb"] for r in ok_j),
                 "l2l_rss_mb": max(r["rss_peak_mb"] for r in ok_l),
+                "jax_rss_run_mb": max(r.get("rss_run_mb", 0) for r in ok_j),
+                "l2l_rss_run_mb": max(r.get("rss_run_mb", 0) for r in ok_l),
+                "jax_rss_imports_mb": max(r.get("rss_imports_mb", 0) for r in ok_j),
+                "l2l_rss_imports_mb": max(r.get("rss_imports_mb", 0) for r in ok_l),
                 "jax_compile_s": bj["compile_s"], "conv_impl": bj["conv_impl"],
                 "chunks": bj["chunks"],
             })
             print(f"{name:<28} jax {row['jax_tasks_per_s']:7.2f} tasks/s  l2l "
                   f"{row['l2l_tasks_per_s']:7.2f}  ratio {row['ratio']:5.2f}  GFLOP/s "
                   f"{row['jax_gflop_per_s']:5.1f} vs {row['l2l_gflop_per_s']:5.1f}  RSS MB "
-                  f"{row['jax_rss_mb']:.0f} vs {row['l2l_rss_mb']:.0f}  load "
+                  f"{row['jax_rss_mb']:.0f} vs {row['l2l_rss_mb']:.0f}, running "
+                  f"{row['jax_rss_run_mb']:.0f} vs {row['l2l_rss_run_mb']:.0f}, imports "
+                  f"{row['jax_rss_imports_mb']:.0f} vs {row['l2l_rss_imports_mb']:.0f}  load "
                   f"{row['loadavg_after'][0]:.1f}", flush=True)
         else:
             errs = [r["error"][-300:] for r in jax_runs + l2l_runs if "error" in r]

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -184,8 +183,25 @@ def make_step(name, steps_hint=None):
     return step, batch
 
 
+def _procmem():
+    """``smallsample/procmem.py`` loaded by path (importing the package would import JAX)."""
+    import importlib.util  # noqa: PLC0415
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "smallsample",
+                        "procmem.py")
+    spec = importlib.util.spec_from_file_location("procmem", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def measure(name, steps):
+    procmem = _procmem()
+    procmem.release_free_heap()
+    rss_imports = procmem.current_rss_mb()
     step, batch = make_step(name)
+    rss_before = procmem.peak_rss_mb()
+    procmem.reset_peak_rss()  # as smallsample bench: the peak from the first step on
     t0 = time.perf_counter()
     step()  # warm-up
     first_s = time.perf_counter() - t0
@@ -200,7 +216,8 @@ def measure(name, steps):
             "step_ms_median": 1e3 * med, "step_ms_min": 1e3 * min(times),
             "step_ms_max": 1e3 * max(times), "step_ms_iqr": 1e3 * float(q[1] - q[0]),
             "first_step_s": first_s, "steps_timed": steps, "loss": loss,
-            "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_peak_mb": max(rss_before, procmem.peak_rss_mb()),
+            "rss_run_mb": procmem.peak_rss_mb(), "rss_imports_mb": rss_imports,
             "torch": torch.__version__, "learn2learn": l2l.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "loadavg": list(os.getloadavg())}

@@ -12,9 +12,12 @@ of the right shape (speed does not depend on pixel values). For each workload th
   for ``chunks > 1`` the count is scaled by the number of chunks; the inner loop of MAML is a
   ``lax.scan``, so with ``inner_steps > 1`` the count (and the FLOP/s) is a lower bound;
 - memory: XLA's ``memory_analysis()`` of the step (temporaries, arguments, outputs), the device's
-  ``peak_bytes_in_use`` where the backend reports it (GPUs), and the process's peak resident set
-  size (``rss_peak_mb``; cumulative over the process, so run one workload per process, ``--only``,
-  for a per-workload figure, as ``benchmarks/compare_l2l.py`` does);
+  ``peak_bytes_in_use`` where the backend reports it (GPUs), the process's peak resident set size
+  over everything, XLA's compiler included (``rss_peak_mb``; cumulative over the process, so run
+  one workload per process, ``--only``, for a per-workload figure, as
+  ``benchmarks/compare_l2l.py`` does), and the peak while running the step (``rss_run_mb``: the
+  mark is reset after compilation, :mod:`smallsample.procmem`), and the RSS before the workload
+  is built (``rss_imports_mb``: JAX, jaxlib and the library loaded, the floor of any run);
 - the device kind, platform, device count, versions, ``XLA_FLAGS`` and the load average.
 
 Usage::
@@ -32,7 +35,6 @@ import dataclasses
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -45,6 +47,7 @@ import numpy as np
 import optax
 
 from smallsample.models.layers import default_conv_impl  # re-exported: what "auto" means
+from smallsample.procmem import current_rss_mb, peak_rss_mb, release_free_heap, reset_peak_rss
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class Workload:
     width: int = 64
     num_classes: int = 64        # classes in the synthetic class-indexed data
     per_class: int = 20
-    chunks: int = 1              # sequential chunks of the meta-batch (memory for speed)
+    chunks: int = 0              # sequential chunks of the meta-batch; 0: the backend's default
 
 
 OMNI = (28, 28, 1)
@@ -163,15 +166,22 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
     """Compiles and times one workload; returns a JSON-ready record (see module docstring).
 
     ``chunks`` overrides the workload's: the meta-batch runs as that many sequential groups of
-    vmapped tasks (``meta_gradient(chunks=...)``), which bounds activation memory.
+    vmapped tasks (``meta_gradient(chunks=...)``); 0 or ``None``: the backend's default
+    (:func:`smallsample.train.default_chunks`: one task per device at a time on CPU, 1 elsewhere).
     """
+    from smallsample.parallel import task_mesh  # noqa: PLC0415
+    from smallsample.train import default_chunks, init_state, make_train_step  # noqa: PLC0415
+
     if chunks is not None:
         workload = dataclasses.replace(workload, chunks=chunks)
-    from smallsample.parallel import task_mesh  # noqa: PLC0415
-    from smallsample.train import init_state, make_train_step  # noqa: PLC0415
+    if not workload.chunks:
+        workload = dataclasses.replace(
+            workload, chunks=default_chunks(workload.meta_batch, devices))
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    release_free_heap()
+    rss_imports = current_rss_mb()
     learner, sample, data_np = build(workload, conv_impl=conv_impl)
     mesh = None
     if devices > 1:
@@ -195,6 +205,8 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
         # XLA's cost analysis counts a loop body once; the chunk loop holds nearly all the work
         # (the optimiser update outside it is negligible), so scale by the trip count.
         flops, flops_source = flops * workload.chunks, "compiled x chunks"
+    rss_compiled = peak_rss_mb()
+    reset_peak_rss()  # from here: what running the step needs, not what compiling it needed
     state, metrics = compiled(state, data)  # warm-up
     jax.block_until_ready(metrics)
     times = []
@@ -222,7 +234,9 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
         "achieved_gflop_per_s": flops / 1e9 / med,
         "loss": loss,
         "loss_finite": bool(np.isfinite(loss)),
-        "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_peak_mb": max(rss_compiled, peak_rss_mb()),
+        "rss_run_mb": peak_rss_mb(),
+        "rss_imports_mb": rss_imports,
     })
     rec.update(_memory(compiled))
     stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
@@ -269,7 +283,8 @@ def format_record(rec: dict[str, Any]) -> str:
             f"{rec['step_ms_median']:8.1f} ms [{rec['step_ms_min']:.0f}-"
             f"{rec['step_ms_max']:.0f}]  compile {rec['compile_s']:5.1f} s  "
             f"{rec['achieved_gflop_per_s']:6.1f} GFLOP/s  "
-            f"rss {rec['rss_peak_mb']:.0f} MB  ({rec['conv_impl']}, chunks {rec['chunks']})")
+            f"rss {rec['rss_peak_mb']:.0f} MB (run {rec['rss_run_mb']:.0f})  "
+            f"({rec['conv_impl']}, chunks {rec['chunks']})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="every workload, ResNet-12 included")
     p.add_argument("--steps", type=int, default=5, help="timed steps per workload (default 5)")
     p.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "im2col", "shift"])
-    p.add_argument("--chunks", type=int, help="sequential chunks of the meta-batch (memory)")
+    p.add_argument("--chunks", type=int, help="sequential chunks of the meta-batch (default: "
+                   "the backend's, one task at a time on CPU; 1: all tasks vmapped)")
     p.add_argument("--devices", type=int, default=1, help="shard the meta-batch over N devices")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")

@@ -41,7 +41,8 @@ class Config:
     test_inner_steps: int = 0         # 0: same as inner_steps
     inner_lr: float = 0.4
     remat: bool = False
-    chunks: int = 1                   # split the meta-batch into this many sequential chunks
+    chunks: int = 0                   # sequential chunks of the meta-batch; 0: auto (CPU: one
+                                      # task at a time, fastest there; GPU/TPU: all vmapped)
     # optimisation
     steps: int = 2000
     lr: float = 1e-3

@@ -37,8 +37,8 @@ data = np.random.default_rng(0).integers(0, 256, (6, 4, 12, 12, 1), dtype=np.uin
 opt = optax.sgd(1.0)  # new params = params - meta-gradient
 state = init_state(learner, opt, jnp.zeros((2, 12, 12, 1)), 0)
 
-def run(mesh, state, data):
-    step = jax.jit(make_train_step(learner, opt, sample, mesh=mesh, batch=BATCH))
+def run(mesh, state, data, chunks=None):
+    step = jax.jit(make_train_step(learner, opt, sample, mesh=mesh, batch=BATCH, chunks=chunks))
     compiled = step.lower(state, data).compile()
     new, m = compiled(state, data)
     local = lambda x: np.asarray(x.addressable_data(0), np.float64)
@@ -52,7 +52,10 @@ def run(mesh, state, data):
 
 MULTI_DEVICE = COMMON + """
 assert jax.device_count() == 8, jax.devices()
-out = {"one": run(None, state, data), "eight": run(task_mesh(), state, data)}
+out = {"one": run(None, state, data), "eight": run(task_mesh(), state, data),
+       # 4 devices, 2 sequential chunks of 4 tasks (one per device), and the plain vmap
+       "four": run(task_mesh(jax.devices()[:4]), state, data),
+       "vmapped": run(None, state, data, chunks=1)}
 json.dump(out, open(sys.argv[1], "w"))
 """
 
@@ -91,7 +94,8 @@ def _assert_same(a: dict, b: dict) -> None:
 
 def test_sharded_step_equals_one_device(tmp_path):
     """Meta-batch of 8 tasks over 8 host devices: same loss, accuracy and meta-gradient (read off
-    an SGD(1) update) as on one device, and the compiled step really all-reduces."""
+    an SGD(1) update) as on one device, and the compiled step really all-reduces. Also over 4
+    devices (two sequential chunks of 4 tasks, one per device) and vmapped in one chunk."""
     script = tmp_path / "multi_device.py"
     script.write_text(MULTI_DEVICE)
     out_path = tmp_path / "out.json"
@@ -103,6 +107,9 @@ def test_sharded_step_equals_one_device(tmp_path):
     assert out["eight"]["all_reduce"] and not out["one"]["all_reduce"]
     assert any(np.abs(np.asarray(g)).max() > 1e-4 for g in out["one"]["grads"])
     _assert_same(out["one"], out["eight"])
+    assert out["four"]["devices"] == 4 and out["four"]["all_reduce"]
+    _assert_same(out["one"], out["four"])
+    _assert_same(out["one"], out["vmapped"])
 
 
 def test_check_divisible_names_the_sizes():

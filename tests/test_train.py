@@ -14,6 +14,7 @@ from smallsample.learners.protonet import protonet
 from smallsample.models.conv4 import Conv4
 from smallsample.train import (
     TrainState,
+    default_chunks,
     init_state,
     load_checkpoint,
     make_sampler,
@@ -43,8 +44,7 @@ def test_chunked_meta_gradient_equals_plain():
                             shots=1, queries=2)
     params = learner.init(jax.random.key(1), eps.support_x[0])
     key = jax.random.key(2)
-    plain = meta_gradient(learner, params, eps, key)
-    chunked = meta_gradient(learner, params, eps, key, chunks=2)
+    plain = meta_gradient(learner, params, eps, key, chunks=1)
     # conv biases before a batch-statistics norm have a zero true gradient (float noise only):
     # left out of the comparison
     def drop_conv_bias(grads):
@@ -52,11 +52,22 @@ def test_chunked_meta_gradient_equals_plain():
             lambda path, g: jnp.zeros_like(g) if "Conv" in jax.tree_util.keystr(path)
             and "bias" in jax.tree_util.keystr(path) else g, grads)
 
-    chex.assert_trees_all_close(plain[:2], chunked[:2], rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(drop_conv_bias(plain[2]), drop_conv_bias(chunked[2]),
-                                rtol=1e-4, atol=1e-6)
+    # 2 chunks of 2 vmapped tasks; 4 chunks of one task (no vmap); the CPU default (= 4)
+    for chunks in (2, 4, None):
+        chunked = meta_gradient(learner, params, eps, key, chunks=chunks)
+        chex.assert_trees_all_close(plain[:2], chunked[:2], rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(drop_conv_bias(plain[2]), drop_conv_bias(chunked[2]),
+                                    rtol=1e-4, atol=1e-6)
+    assert jnp.abs(plain[2]["Conv_0"]["kernel"]).max() > 1e-4  # a non-trivial comparison
     with pytest.raises(ValueError, match="meta-batch 4 is not divisible into 3 chunks"):
         meta_gradient(learner, params, eps, key, chunks=3)
+
+
+def test_default_chunks_per_backend():
+    assert default_chunks(32, backend="cpu") == 32  # one task at a time (measured fastest)
+    assert default_chunks(32, devices=8, backend="cpu") == 4  # one task per device per chunk
+    assert default_chunks(12, devices=8, backend="cpu") == 1  # uneven: left to check_divisible
+    assert default_chunks(32, backend="gpu") == default_chunks(32, backend="tpu") == 1
 
 
 def test_step_traces_once_and_is_deterministic():
