@@ -9,7 +9,8 @@ of the right shape (speed does not depend on pixel values). For each workload th
   ``steps`` timed calls after one warm-up call, and ``tasks_per_s = meta_batch / median``;
 - ``gflop_per_step`` from XLA's ``cost_analysis()`` of the compiled step, and
   ``achieved_gflop_per_s`` = that divided by the median step time. XLA counts a loop body once:
-  for ``chunks > 1`` the count is scaled by the number of chunks; the inner loop of MAML is a
+  for ``chunks > 1`` the count is scaled by the number of chunks, and for a step sharded over
+  ``devices`` (one program per device) by the number of devices; the inner loop of MAML is a
   ``lax.scan``, so with ``inner_steps > 1`` the count (and the FLOP/s) is a lower bound;
 - memory: XLA's ``memory_analysis()`` of the step (temporaries, arguments, outputs), the device's
   ``peak_bytes_in_use`` where the backend reports it (GPUs), the process's peak resident set size
@@ -205,6 +206,8 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
         # XLA's cost analysis counts a loop body once; the chunk loop holds nearly all the work
         # (the optimiser update outside it is negligible), so scale by the trip count.
         flops, flops_source = flops * workload.chunks, "compiled x chunks"
+    if devices > 1:  # a sharded step is compiled as one program per device: count them all
+        flops, flops_source = flops * devices, flops_source + " x devices"
     rss_compiled = peak_rss_mb()
     reset_peak_rss()  # from here: what running the step needs, not what compiling it needed
     state, metrics = compiled(state, data)  # warm-up

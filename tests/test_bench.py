@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from smallsample import bench
+from smallsample.train import default_chunks
 
 
 def test_quick_run_writes_json(tmp_path, capsys):
@@ -30,6 +31,8 @@ def test_quick_run_writes_json(tmp_path, capsys):
     # a 3-way task starts near chance: the loss is about log(3), not garbage
     assert 0.2 < rec["loss"] < 5.0
     assert rec["conv_impl"] == bench.default_conv_impl()
+    assert rec["chunks"] == default_chunks(2)  # the backend's default, resolved and recorded
+    assert 0 < rec["rss_imports_mb"] <= rec["rss_run_mb"] <= rec["rss_peak_mb"]
     assert "quick-maml" in capsys.readouterr().out
 
 
