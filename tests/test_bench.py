@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -116,3 +117,15 @@ def test_unknown_conv_impl_is_named():
 
     with pytest.raises(ValueError, match="'winograd'"):
         conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), impl="winograd")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_peak_rss_reset_forgets_freed_memory():
+    from smallsample.procmem import current_rss_mb, peak_rss_mb, reset_peak_rss
+
+    big = np.ones(40_000_000)  # 305 MiB, touched
+    high = peak_rss_mb()
+    assert high >= current_rss_mb() > 250
+    del big
+    assert reset_peak_rss()
+    assert peak_rss_mb() < high - 200  # the mark now starts from what is in use
