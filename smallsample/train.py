@@ -196,11 +196,20 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
 
 
 def init_state(learner: Learner, optimizer, example_x: jax.Array, seed: int) -> TrainState:
-    key = jax.random.key(seed)
-    k_init, k_run = jax.random.split(key)
-    params = learner.init(k_init, example_x)
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
-                      jax.random.key_data(k_run))
+    """The starting ``TrainState``: ``learner.init`` and ``optimizer.init`` from ``seed``.
+
+    Built as one jitted computation: run op by op, the initialisers compile and cache one small
+    executable per operation, which kept about 210 MB resident for a Conv-4 (measured with
+    :mod:`smallsample.procmem`), more than the training step itself needs on CPU.
+    """
+
+    def make(key, x):
+        k_init, k_run = jax.random.split(key)
+        params = learner.init(k_init, x)
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
+                          jax.random.key_data(k_run))
+
+    return jax.jit(make)(jax.random.key(seed), example_x)
 
 
 # ---------------------------------------------------------------- checkpoints
