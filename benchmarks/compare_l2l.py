@@ -10,7 +10,8 @@ divided by each side's step time: the same FLOP count for both), and the peak RS
         --json benchmarks/results/compare.json maml-omniglot-5w1s protonet-omniglot-5w5s-b1
 
 ``--threads N`` pins both sides to N threads (torch.set_num_threads / OMP_NUM_THREADS and XLA's
-Eigen pool); on a loaded shared machine two-thread runs are dominated by thread contention
+Eigen pool) and N CPUs (``sched_setaffinity``: XLA's YNNPACK matrix products ignore the thread
+settings); on a loaded shared machine two-thread runs are dominated by thread contention
 (PyTorch's 2-thread conv measured 5x slower than 1-thread at load 8), so 1 thread gives the
 steadier ratio. ``--threads 0`` leaves both at their defaults.
 """
@@ -47,11 +48,24 @@ def _env(threads: int, xla_extra: str) -> dict:
     return env
 
 
-def _run(cmd: list[str], env: dict, timeout: float) -> dict:
+def _pin(threads: int):
+    """``preexec_fn`` confining the child to ``threads`` CPUs (None: no pinning).
+
+    Thread-count settings are not enough: with ``intra_op_parallelism_threads=1`` XLA still runs
+    its matrix products through YNNPACK on every core (measured: 1.9 CPU-seconds per second of a
+    "one-thread" MAML step), so the one-thread comparison pins both sides to CPU 0.
+    """
+    if not threads or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def _run(cmd: list[str], env: dict, timeout: float, threads: int = 0) -> dict:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "out.json"
         proc = subprocess.run(cmd + ["--json", str(path)], env=env, capture_output=True,
-                              text=True, timeout=timeout, cwd=ROOT)
+                              text=True, timeout=timeout, cwd=ROOT, preexec_fn=_pin(threads))
         if proc.returncode != 0 or not path.exists():
             return {"error": proc.stderr[-1500:]}
         out = json.loads(path.read_text())
@@ -83,9 +97,9 @@ def main(argv=None) -> int:
             jax_runs.append(_run([sys.executable, "-m", "smallsample.bench", "--only", name,
                                   "--steps", str(args.steps), "--conv-impl", args.conv_impl]
                                  + (["--chunks", str(args.chunks)] if args.chunks else []),
-                                 env, args.timeout))
+                                 env, args.timeout, args.threads))
             l2l_runs.append(_run([args.peer, str(ROOT / "benchmarks" / "l2l_peer.py"), name,
-                                  "--steps", str(args.steps)], env, args.timeout))
+                                  "--steps", str(args.steps)], env, args.timeout, args.threads))
         ok_j = [r for r in jax_runs if "error" not in r]
         ok_l = [r for r in l2l_runs if "error" not in r]
         row = {"name": name, "jax_runs": jax_runs, "l2l_runs": l2l_runs,
