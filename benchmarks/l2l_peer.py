@@ -210,14 +210,15 @@ def measure(name, steps):
         t0 = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - t0)
+    rss_run = procmem.peak_rss_mb()
     med = statistics.median(times)
     q = np.percentile(times, [25, 75])
     return {"name": name, "framework": "learn2learn", "tasks_per_s": batch / med,
             "step_ms_median": 1e3 * med, "step_ms_min": 1e3 * min(times),
             "step_ms_max": 1e3 * max(times), "step_ms_iqr": 1e3 * float(q[1] - q[0]),
             "first_step_s": first_s, "steps_timed": steps, "loss": loss,
-            "rss_peak_mb": max(rss_before, procmem.peak_rss_mb()),
-            "rss_run_mb": procmem.peak_rss_mb(), "rss_imports_mb": rss_imports,
+            "rss_peak_mb": max(rss_before, rss_run), "rss_run_mb": rss_run,
+            "rss_imports_mb": rss_imports,
             "torch": torch.__version__, "learn2learn": l2l.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "loadavg": list(os.getloadavg())}

@@ -218,6 +218,7 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
         state, metrics = compiled(state, data)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
+    rss_run = peak_rss_mb()
     loss = float(np.asarray(metrics["loss"]).mean())
     med = statistics.median(times)
     q = np.percentile(times, [25, 75])
@@ -237,8 +238,8 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
         "achieved_gflop_per_s": flops / 1e9 / med,
         "loss": loss,
         "loss_finite": bool(np.isfinite(loss)),
-        "rss_peak_mb": max(rss_compiled, peak_rss_mb()),
-        "rss_run_mb": peak_rss_mb(),
+        "rss_peak_mb": max(rss_compiled, rss_run),
+        "rss_run_mb": rss_run,
         "rss_imports_mb": rss_imports,
     })
     rec.update(_memory(compiled))
