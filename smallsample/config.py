@@ -35,7 +35,7 @@ class Config:
                                       # | matching | r2d2 | baseline | baseline++
     backbone: str = "conv4"           # conv4 | conv4-stride | resnet12
     width: int = 64
-    conv_impl: str = "auto"           # auto (im2col on CPU, xla elsewhere) | xla | im2col | shift
+    conv_impl: str = "auto"           # auto | xla | im2col | shift | onednn (models/layers.py)
     norm: str = "separate"            # protonet batch statistics: separate | support | joint
     inner_steps: int = 1
     test_inner_steps: int = 0         # 0: same as inner_steps

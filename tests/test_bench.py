@@ -61,7 +61,13 @@ def test_build_gives_data_of_the_workload_shape():
 
 
 def test_default_conv_impl_per_backend():
-    assert bench.default_conv_impl("cpu") == "im2col"  # measured fastest in the MAML step
+    import jax.numpy as jnp
+
+    from smallsample.models import onednn
+
+    # oneDNN where it builds (float32), else im2col: measured fastest on CPU
+    assert bench.default_conv_impl("cpu") == ("onednn" if onednn.available() else "im2col")
+    assert bench.default_conv_impl("cpu", jnp.float64) == "im2col"
     assert bench.default_conv_impl("gpu") == "xla"
     assert bench.default_conv_impl("tpu") == "xla"
 
@@ -96,7 +102,8 @@ def test_shift_conv_matches_xla_values_and_gradients(shape, cout, stride, paddin
         np.testing.assert_allclose(gk, gk_ref, rtol=1e-9, atol=1e-10)
         auto = conv2d(x[0], k[0], stride=stride, padding=padding, impl="auto")
         np.testing.assert_allclose(auto, conv2d(x[0], k[0], stride=stride, padding=padding,
-                                                impl=bench.default_conv_impl()), rtol=1e-12)
+                                                impl=bench.default_conv_impl(dtype=x.dtype)),
+                                   rtol=1e-12)
         # and against a direct float64 NumPy sum over taps for the forward value
         xn, kn = np.asarray(x[0]), np.asarray(k[0])
         xp = np.pad(xn, ((0, 0), (padding, padding), (padding, padding), (0, 0)))

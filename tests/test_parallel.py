@@ -29,7 +29,8 @@ from smallsample.parallel import task_mesh, replicated
 from smallsample.train import init_state, make_sampler, make_train_step
 
 BATCH = 8
-model = Conv4(width=4, blocks=1, downsample="stride", num_classes=3, conv_impl="im2col",
+IMPL = os.environ.get("SMALLSAMPLE_TEST_CONV_IMPL", "im2col")
+model = Conv4(width=4, blocks=1, downsample="stride", num_classes=3, conv_impl=IMPL,
               bn_scale_init="uniform")
 learner = maml(model, 3, inner_steps=1, inner_lr=0.4)
 sample = make_sampler(meta_batch=BATCH, ways=3, shots=1, queries=2)
@@ -46,7 +47,7 @@ def run(mesh, state, data, chunks=None):
     grads = [(local(a) - local(b)).tolist() for a, b in zip(old, jax.tree.leaves(new.params))]
     hlo = compiled.as_text()
     return {"loss": float(local(m["loss"])[0]), "accuracy": float(local(m["accuracy"])[0]),
-            "grads": grads, "all_reduce": "all-reduce" in hlo,
+            "grads": grads, "all_reduce": "all-reduce" in hlo, "onednn": "ss_conv_fwd" in hlo,
             "devices": 1 if mesh is None else int(mesh.size)}
 """
 
@@ -76,8 +77,9 @@ json.dump(out, open(path, "w"))
 """
 
 
-def _env(devices: int) -> dict:
+def _env(devices: int, conv_impl: str = "im2col") -> dict:
     env = dict(os.environ)
+    env["SMALLSAMPLE_TEST_CONV_IMPL"] = conv_impl
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     return env
@@ -92,14 +94,16 @@ def _assert_same(a: dict, b: dict) -> None:
         np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=2e-6 * max(1.0, np.abs(ga).max()))
 
 
-def test_sharded_step_equals_one_device(tmp_path):
+@pytest.mark.parametrize("conv_impl", ["im2col", "onednn"])
+def test_sharded_step_equals_one_device(tmp_path, conv_impl):
     """Meta-batch of 8 tasks over 8 host devices: same loss, accuracy and meta-gradient (read off
     an SGD(1) update) as on one device, and the compiled step really all-reduces. Also over 4
-    devices (two sequential chunks of 4 tasks, one per device) and vmapped in one chunk."""
+    devices (two sequential chunks of 4 tasks, one per device) and vmapped in one chunk. With
+    im2col and with oneDNN convolutions (custom calls inside the sharded program)."""
     script = tmp_path / "multi_device.py"
     script.write_text(MULTI_DEVICE)
     out_path = tmp_path / "out.json"
-    proc = subprocess.run([sys.executable, str(script), str(out_path)], env=_env(8),
+    proc = subprocess.run([sys.executable, str(script), str(out_path)], env=_env(8, conv_impl),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(out_path.read_text())
@@ -110,6 +114,7 @@ def test_sharded_step_equals_one_device(tmp_path):
     assert out["four"]["devices"] == 4 and out["four"]["all_reduce"]
     _assert_same(out["one"], out["four"])
     _assert_same(out["one"], out["vmapped"])
+    assert all(out[k]["onednn"] == (conv_impl == "onednn") for k in out)
 
 
 def test_check_divisible_names_the_sizes():

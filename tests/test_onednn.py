@@ -1,0 +1,160 @@
+"""oneDNN convolutions (``conv_impl='onednn'``): values against a NumPy float64 convolution,
+first and second derivatives (reverse over reverse, forward over reverse) and ``vmap`` against
+XLA's convolution in float64, Conv-4 against im2col, and the failure modes of the build."""
+
+import platform
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smallsample.models import onednn
+from smallsample.models.conv4 import Conv4
+from smallsample.models.layers import conv2d, default_conv_impl
+from tests.test_models import np_conv
+
+SUPPORTED = sys.platform == "linux" and platform.machine() == "x86_64"
+pytestmark = pytest.mark.skipif(not SUPPORTED, reason="oneDNN wheels: Linux x86-64 only")
+
+CASES = [  # (n, size, cin, cout, kernel, stride, pad)
+    (2, 6, 3, 4, 3, 1, 1), (2, 7, 3, 4, 3, 2, 1), (2, 8, 1, 5, 3, 2, 1), (3, 5, 4, 2, 1, 1, 0),
+    (1, 9, 2, 3, 3, 1, 0),
+]
+
+
+def test_available_on_linux_x86_64():
+    """The dependencies install oneDNN here, so 'auto' must pick it for float32 on CPU."""
+    assert onednn.available(), "oneDNN convolution failed to build or load"
+    assert default_conv_impl("cpu", jnp.float32) == "onednn"
+    assert default_conv_impl("cpu", jnp.float64) == "im2col"
+    assert default_conv_impl("gpu", jnp.float32) == "xla"
+
+
+def _data(case, seed=0):
+    n, size, cin, cout, k, stride, pad = case
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, size, size, cin)).astype(np.float32)
+    w = rng.normal(size=(k, k, cin, cout)).astype(np.float32)
+    return x, w, stride, pad
+
+
+def _f32(x, w, stride, pad):
+    return conv2d(x, w, stride=stride, padding=pad, impl="onednn")
+
+
+def _f64(x, w, stride, pad):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _close(a, b, rtol=2e-5):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_equals_numpy_float64(case):
+    x, w, stride, pad = _data(case)
+    ref = np_conv(x.astype(np.float64), w.astype(np.float64), stride, pad)
+    _close(jax.jit(_f32, static_argnums=(2, 3))(x, w, stride, pad), ref)
+    _close(_f32(x, w, stride, pad), ref)  # eager too
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_derivatives_equal_xla_float64(case):
+    """Gradients, a second-order reverse-over-reverse derivative (as second-order MAML takes)
+    and a forward-over-reverse Hessian-vector product (as iMAML takes)."""
+    x, w, stride, pad = _data(case, 1)
+    rng = np.random.default_rng(2)
+    r = rng.normal(size=np.asarray(_f32(x, w, stride, pad)).shape)
+    tx, tw = rng.normal(size=x.shape), rng.normal(size=w.shape)
+
+    def derivatives(conv, x, w, r, tx, tw):
+        loss = lambda x, w: jnp.sum(jnp.tanh(conv(x, w, stride, pad)) * r)
+        gx, gw = jax.grad(loss, (0, 1))(x, w)
+        second = jax.grad(lambda w: jnp.sum(jax.grad(loss)(x, w) ** 2))(w)
+        hvp = jax.jvp(jax.grad(loss, (0, 1)), (x, w), (tx, tw))[1]
+        return gx, gw, second, *hvp
+
+    got = jax.jit(lambda *a: derivatives(_f32, *a))(x, w, *(a.astype(np.float32)
+                                                            for a in (r, tx, tw)))
+    with jax.enable_x64(True):
+        ref = jax.jit(lambda *a: derivatives(_f64, *a))(
+            *(np.asarray(a, np.float64) for a in (x, w, r, tx, tw)))
+        ref = [np.asarray(v) for v in ref]
+    for name, a, b in zip(["dx", "dw", "second", "hvp x", "hvp w"], got, ref, strict=True):
+        assert a.dtype == jnp.float32 and a.shape == b.shape, name
+        _close(a, b, rtol=2e-4)
+
+
+def test_vmap_over_shared_and_per_task_weights():
+    x, w, stride, pad = _data((2, 7, 3, 4, 3, 2, 1), 3)
+    xs = np.stack([x, x + 1, 2 * x])
+    ws = np.stack([w, -w, 0.5 * w])
+    r = np.random.default_rng(4).normal(size=(3, 2, 4, 4, 4)).astype(np.float32)
+
+    def run(conv, xs, ws, r):
+        shared = jax.vmap(lambda x: conv(x, ws[0], stride, pad))(xs)
+        per_task = jax.vmap(lambda x, w: conv(x, w, stride, pad))(xs, ws)
+        loss = lambda x, w, r: jnp.sum(jnp.sin(conv(x, w, stride, pad)) * r)
+        grads = jax.vmap(jax.grad(loss, (0, 1)))(xs, ws, r)
+        return shared, per_task, *grads
+
+    got = jax.jit(lambda *a: run(_f32, *a))(xs, ws, r)
+    with jax.enable_x64(True):
+        ref = [np.asarray(v) for v in jax.jit(lambda *a: run(_f64, *a))(
+            *(np.asarray(a, np.float64) for a in (xs, ws, r)))]
+    for a, b in zip(got, ref, strict=True):
+        _close(a, b, rtol=1e-4)
+
+
+@pytest.mark.parametrize("downsample", ["pool", "stride"])
+def test_conv4_onednn_equals_im2col(downsample):
+    x = np.random.default_rng(5).normal(size=(6, 28, 28, 1)).astype(np.float32)
+    models = {impl: Conv4(width=8, downsample=downsample, num_classes=5, conv_impl=impl)
+              for impl in ("onednn", "im2col")}
+    params = jax.jit(models["im2col"].init)(jax.random.key(0), x)
+    y = np.random.default_rng(6).normal(size=(6, 5)).astype(np.float32)
+
+    def value_and_grad(impl):
+        loss = lambda p: jnp.sum(jnp.tanh(models[impl].apply(p, x)) * y)
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (va, ga), (vb, gb) = value_and_grad("onednn"), value_and_grad("im2col")
+    _close(va, vb, rtol=1e-4)
+    for path, a in jax.tree_util.tree_leaves_with_path(ga):
+        if "Conv" in jax.tree_util.keystr(path) and "bias" in jax.tree_util.keystr(path):
+            continue  # a conv bias before batch-statistics BatchNorm: true gradient zero
+        b = np.asarray(dict(jax.tree_util.tree_leaves_with_path(gb))[path])
+        _close(a, b, rtol=2e-3)
+
+
+def test_non_float32_is_refused_with_the_dtypes():
+    x, w = np.zeros((1, 4, 4, 1)), np.zeros((3, 3, 1, 2))
+    with jax.enable_x64(True), pytest.raises(ValueError, match="float32.*float64"):
+        conv2d(x, w, impl="onednn")
+
+
+def test_missing_onednn_names_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMALLSAMPLE_ONEDNN_ROOT", str(tmp_path))
+    with pytest.raises(onednn.OneDNNUnavailable, match=str(tmp_path)):
+        onednn.onednn_root()
+
+
+def test_failed_build_says_why_and_leaves_nothing(tmp_path, monkeypatch):
+    """A compiler that fails: a clear error with the command, and no (half-written) library."""
+    monkeypatch.setenv("SMALLSAMPLE_BUILD_DIR", str(tmp_path / "build"))
+    monkeypatch.setenv("CXX", "false")
+    with pytest.raises(onednn.OneDNNUnavailable, match="building onednn_conv.cc failed.*false"):
+        onednn.library_path.__wrapped__()
+    assert list((tmp_path / "build").iterdir()) == []
+
+
+def test_build_is_cached_under_a_content_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMALLSAMPLE_BUILD_DIR", str(tmp_path))
+    first = onednn.library_path.__wrapped__()
+    assert first.parent == tmp_path and first.name.startswith("libsmallsample_onednn_")
+    mtime = first.stat().st_mtime_ns
+    assert onednn.library_path.__wrapped__() == first and first.stat().st_mtime_ns == mtime
