@@ -48,7 +48,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from smallsample.models.layers import default_conv_impl  # re-exported: what "auto" means
+from smallsample.models.layers import (  # re-exported: what "auto" means
+    ONEDNN_MIN_POSITIONS,
+    default_conv_impl,
+)
 from smallsample.procmem import current_rss_mb, peak_rss_mb, release_free_heap, reset_peak_rss
 
 
@@ -117,7 +120,7 @@ def build(workload: Workload, *, conv_impl: str = "auto"):  # noqa: C901
     from smallsample.models.conv4 import Conv4  # noqa: PLC0415
     from smallsample.train import make_sampler  # noqa: PLC0415
 
-    impl = default_conv_impl() if conv_impl == "auto" else conv_impl
+    impl = conv_impl  # 'auto' is resolved per convolution (models/layers.py)
     w = workload
     head = None if w.learner == "protonet" else w.ways
     if w.backbone == "conv4":
@@ -127,7 +130,7 @@ def build(workload: Workload, *, conv_impl: str = "auto"):  # noqa: C901
                       bn_scale_init="uniform")
     elif w.backbone == "resnet12":
         from smallsample.models.resnet12 import ResNet12  # noqa: PLC0415
-        model = ResNet12(num_classes=head)
+        model = ResNet12(num_classes=head, conv_impl=impl)
     else:
         raise ValueError(f"unknown backbone {w.backbone!r}")
     if w.learner == "protonet":
@@ -235,7 +238,9 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
     q = np.percentile(times, [25, 75])
     rec = dict(dataclasses.asdict(workload), image=list(workload.image))
     rec.update({
-        "conv_impl": impl,
+        "conv_impl": (f"auto: {impl}" + (f", im2col below {ONEDNN_MIN_POSITIONS} positions"
+                                          if impl == "onednn" else "")
+                      if conv_impl == "auto" else conv_impl),
         "devices": devices,
         "compile_s": compile_s,
         "steps_timed": steps,

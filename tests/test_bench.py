@@ -31,7 +31,7 @@ def test_quick_run_writes_json(tmp_path, capsys):
     assert rec["loss_finite"]
     # a 3-way task starts near chance: the loss is about log(3), not garbage
     assert 0.2 < rec["loss"] < 5.0
-    assert rec["conv_impl"] == bench.default_conv_impl()
+    assert rec["conv_impl"].startswith(f"auto: {bench.default_conv_impl()}")
     assert rec["chunks"] == default_chunks(2)  # the backend's default, resolved and recorded
     assert 0 < rec["rss_imports_mb"] <= rec["rss_run_mb"] <= rec["rss_peak_mb"]
     assert "quick-maml" in capsys.readouterr().out

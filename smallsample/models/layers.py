@@ -24,8 +24,9 @@ def default_conv_impl(backend: str | None = None, dtype=None) -> str:
     """The lowering ``impl='auto'`` picks.
 
     On CPU: ``'onednn'`` for float32 where oneDNN's convolution can be built
-    (:func:`smallsample.models.onednn.available`), else ``'im2col'``. Elsewhere ``'xla'``: on GPUs
-    cuDNN's convolutions are the fast path.
+    (:func:`smallsample.models.onednn.available`), else ``'im2col'``; :func:`conv2d` with
+    ``impl='auto'`` then still takes im2col for small convolutions (``ONEDNN_MIN_POSITIONS``).
+    Elsewhere ``'xla'``: on GPUs cuDNN's convolutions are the fast path.
 
     Measured on a 2-core CPU: a Conv-4 prototypical-network step over 360 28x28 images took 28 s
     with XLA's convolution and 1.5 s with im2col (``benchmarks/bench_conv.py``); oneDNN ran one
@@ -41,6 +42,20 @@ def default_conv_impl(backend: str | None = None, dtype=None) -> str:
     return "im2col"
 
 
+# ``impl='auto'`` on CPU calls oneDNN only for convolutions with at least this many output
+# positions (n * Ho * Wo); below it oneDNN's per-call cost outweighs its speed. Forward and
+# backward of one 3x3, 64-filter layer, oneDNN over im2col (2-core CPU,
+# benchmarks/bench_conv_onednn.py): 2.1-2.2x at 14,700-78,400 positions, 1.5-1.8x at 4,900,
+# 1.1x at 3,675, 0.9-1.0x at 900-1,225, 0.6-0.8x at 20-980.
+ONEDNN_MIN_POSITIONS = 2048
+
+
+def _out_positions(x_shape, k_shape, stride, padding) -> int:
+    ho = (x_shape[1] + 2 * padding - k_shape[0]) // stride + 1
+    wo = (x_shape[2] + 2 * padding - k_shape[1]) // stride + 1
+    return x_shape[0] * ho * wo
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 1,
            impl: ConvImpl = "xla") -> jax.Array:
     """2-D convolution of NHWC ``x [n, H, W, Cin]`` with ``kernel [kh, kw, Cin, Cout]``.
@@ -53,6 +68,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 1
                          f"{x.shape} and {kernel.shape}")
     if impl == "auto":
         impl = default_conv_impl(dtype=jnp.result_type(x, kernel))
+        if impl == "onednn" and _out_positions(x.shape, kernel.shape, stride,
+                                               padding) < ONEDNN_MIN_POSITIONS:
+            impl = "im2col"
     if impl == "onednn":
         from smallsample.models import onednn
         return onednn.conv2d(x, kernel, stride=stride, padding=padding)
