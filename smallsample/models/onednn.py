@@ -109,24 +109,32 @@ def library_path() -> Path:
 
 
 @functools.cache
-def _register() -> None:
+def _load_error() -> OneDNNUnavailable | None:
+    """Builds, loads and registers the library once per process; the failure, if any, is kept
+    (so a missing compiler is not retried at every trace)."""
     try:
-        lib = ctypes.cdll.LoadLibrary(str(library_path()))
-    except OSError as e:
-        raise OneDNNUnavailable(f"loading {library_path()} failed: {e}") from e
+        path = library_path()
+        try:
+            lib = ctypes.cdll.LoadLibrary(str(path))
+        except OSError as e:
+            raise OneDNNUnavailable(f"loading {path} failed: {e}") from e
+    except OneDNNUnavailable as e:
+        return e
     for target, symbol in _TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
                                     platform="cpu")
+    return None
 
 
-@functools.cache
+def _register() -> None:
+    error = _load_error()
+    if error is not None:
+        raise error
+
+
 def available() -> bool:
     """Whether the oneDNN convolution can be built and loaded here (never raises)."""
-    try:
-        _register()
-    except OneDNNUnavailable:
-        return False
-    return True
+    return _load_error() is None
 
 
 # ------------------------------------------------------------------------------ primitives
