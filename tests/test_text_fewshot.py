@@ -233,17 +233,19 @@ def test_augment_between_specials_keeps_cls_and_sep(op):
                k, t, m, synonyms=jnp.arange(200, dtype=jnp.int32).reshape(100, 2) + 1000,
                num_insertions=3)}
     fn = fns[op]
+    between = jax.jit(lambda k, t: fewshot.augment_between_specials(fn, k, t))  # traced once
+    inner_fn = jax.jit(fn)
     rng = np.random.default_rng(1)
     for trial in range(20):
         width, length = 9, int(rng.integers(2, 10))
         ids = np.zeros(width, np.int32)
         ids[:length] = np.r_[101, rng.integers(1, 99, length - 2), 102]
         key = jax.random.key(trial)
-        got = np.asarray(jax.jit(lambda k, t: fewshot.augment_between_specials(fn, k, t))(
-            key, jnp.asarray(ids)))
+        got = np.asarray(between(key, jnp.asarray(ids)))
         inner_mask = np.arange(width - 1) < length - 2
         inner = np.where(inner_mask, ids[1:], 0)
-        ref = _np_between_specials(fn(key, jnp.asarray(inner), jnp.asarray(inner_mask)), ids)
+        ref = _np_between_specials(inner_fn(key, jnp.asarray(inner), jnp.asarray(inner_mask)),
+                                   ids)
         np.testing.assert_array_equal(got, ref)
         n = int((got != 0).sum())
         assert got[0] == 101 and got[n - 1] == 102 and not got[n:].any()
