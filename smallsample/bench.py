@@ -120,17 +120,16 @@ def build(workload: Workload, *, conv_impl: str = "auto"):  # noqa: C901
     from smallsample.models.conv4 import Conv4  # noqa: PLC0415
     from smallsample.train import make_sampler  # noqa: PLC0415
 
-    impl = conv_impl  # 'auto' is resolved per convolution (models/layers.py)
-    w = workload
+    w = workload  # conv_impl 'auto' is resolved per convolution (models/layers.py)
     head = None if w.learner == "protonet" else w.ways
     if w.backbone == "conv4":
-        model = Conv4(width=w.width, downsample="pool", num_classes=head, conv_impl=impl)
+        model = Conv4(width=w.width, downsample="pool", num_classes=head, conv_impl=conv_impl)
     elif w.backbone == "conv4-stride":
-        model = Conv4(width=w.width, downsample="stride", num_classes=head, conv_impl=impl,
+        model = Conv4(width=w.width, downsample="stride", num_classes=head, conv_impl=conv_impl,
                       bn_scale_init="uniform")
     elif w.backbone == "resnet12":
         from smallsample.models.resnet12 import ResNet12  # noqa: PLC0415
-        model = ResNet12(num_classes=head, conv_impl=impl)
+        model = ResNet12(num_classes=head, conv_impl=conv_impl)
     else:
         raise ValueError(f"unknown backbone {w.backbone!r}")
     if w.learner == "protonet":

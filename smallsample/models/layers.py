@@ -50,10 +50,9 @@ def default_conv_impl(backend: str | None = None, dtype=None) -> str:
 ONEDNN_MIN_POSITIONS = 2048
 
 
-def _out_positions(x_shape, k_shape, stride, padding) -> int:
-    ho = (x_shape[1] + 2 * padding - k_shape[0]) // stride + 1
-    wo = (x_shape[2] + 2 * padding - k_shape[1]) // stride + 1
-    return x_shape[0] * ho * wo
+def conv_output_hw(x_shape, kernel_shape, stride: int, padding: int) -> tuple[int, int]:
+    """``(Ho, Wo)`` of :func:`conv2d` on ``x [n, H, W, Cin]`` with ``kernel [kh, kw, ...]``."""
+    return tuple((x_shape[1 + i] + 2 * padding - kernel_shape[i]) // stride + 1 for i in (0, 1))
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 1,
@@ -68,8 +67,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 1
                          f"{x.shape} and {kernel.shape}")
     if impl == "auto":
         impl = default_conv_impl(dtype=jnp.result_type(x, kernel))
-        if impl == "onednn" and _out_positions(x.shape, kernel.shape, stride,
-                                               padding) < ONEDNN_MIN_POSITIONS:
+        ho, wo = conv_output_hw(x.shape, kernel.shape, stride, padding)
+        if impl == "onednn" and x.shape[0] * ho * wo < ONEDNN_MIN_POSITIONS:
             impl = "im2col"
     if impl == "onednn":
         from smallsample.models import onednn

@@ -44,6 +44,8 @@ import numpy as np
 from jax.extend import core as jex_core
 from jax.interpreters import ad, batching, mlir
 
+from smallsample.models.layers import conv_output_hw
+
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 _TARGETS = {"ss_conv_fwd": "SsConvFwd", "ss_conv_bwd_data": "SsConvBwdData",
             "ss_conv_bwd_weights": "SsConvBwdWeights"}
@@ -139,43 +141,29 @@ def available() -> bool:
 
 # ------------------------------------------------------------------------------ primitives
 
-def _out_hw(x_shape, ksize, stride, pad):
-    return tuple((x_shape[1 + i] + 2 * pad - ksize[i]) // stride + 1 for i in range(2))
-
-
 fwd_p = jex_core.Primitive("smallsample_conv_fwd")             # (x, w) -> y
 bwd_data_p = jex_core.Primitive("smallsample_conv_bwd_data")    # (g, w) -> dx; in_hw
 bwd_weights_p = jex_core.Primitive("smallsample_conv_bwd_weights")  # (x, g) -> dw; ksize
 
 
-def _fwd_shape(x, w, stride, pad):
-    return (x.shape[0], *_out_hw(x.shape, w.shape[:2], stride, pad), w.shape[3])
+# Output shapes (the dtype is the first operand's)
+def _fwd_shape(x, w, *, stride, pad):
+    return (x.shape[0], *conv_output_hw(x.shape, w.shape, stride, pad), w.shape[3])
 
 
-fwd_p.def_abstract_eval(lambda x, w, *, stride, pad: jax.core.ShapedArray(
-    _fwd_shape(x, w, stride, pad), x.dtype))
-bwd_data_p.def_abstract_eval(lambda g, w, *, stride, pad, in_hw: jax.core.ShapedArray(
-    (g.shape[0], *in_hw, w.shape[2]), g.dtype))
-bwd_weights_p.def_abstract_eval(lambda x, g, *, stride, pad, ksize: jax.core.ShapedArray(
-    (*ksize, x.shape[3], g.shape[3]), x.dtype))
+def _bwd_data_shape(g, w, *, stride, pad, in_hw):
+    return (g.shape[0], *in_hw, w.shape[2])
 
 
-def _ffi(target, shape, dtype, a, b, stride, pad):
-    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, dtype))(
-        a, b, stride=np.int64(stride), pad=np.int64(pad))
+def _bwd_weights_shape(x, g, *, stride, pad, ksize):
+    return (*ksize, x.shape[3], g.shape[3])
 
 
-def _cpu_fwd(x, w, *, stride, pad):
-    return _ffi("ss_conv_fwd", _fwd_shape(x, w, stride, pad), x.dtype, x, w, stride, pad)
-
-
-def _cpu_bwd_data(g, w, *, stride, pad, in_hw):
-    return _ffi("ss_conv_bwd_data", (g.shape[0], *in_hw, w.shape[2]), g.dtype, g, w, stride, pad)
-
-
-def _cpu_bwd_weights(x, g, *, stride, pad, ksize):
-    return _ffi("ss_conv_bwd_weights", (*ksize, x.shape[3], g.shape[3]), x.dtype, x, g, stride,
-                pad)
+def _ffi_lowering(target, shape_fn):
+    def call(a, b, *, stride, pad, **params):
+        out = jax.ShapeDtypeStruct(shape_fn(a, b, stride=stride, pad=pad, **params), a.dtype)
+        return jax.ffi.ffi_call(target, out)(a, b, stride=np.int64(stride), pad=np.int64(pad))
+    return call
 
 
 def _xla_fwd(x, w, *, stride, pad):
@@ -184,23 +172,28 @@ def _xla_fwd(x, w, *, stride, pad):
 
 
 def _xla_bwd_data(g, w, *, stride, pad, in_hw):
-    x = jax.ShapeDtypeStruct((g.shape[0], *in_hw, w.shape[2]), g.dtype)
-    _, vjp = jax.vjp(lambda x: _xla_fwd(x, w, stride=stride, pad=pad), jnp.zeros(x.shape, x.dtype))
+    x = jnp.zeros(_bwd_data_shape(g, w, stride=stride, pad=pad, in_hw=in_hw), g.dtype)
+    _, vjp = jax.vjp(lambda x: _xla_fwd(x, w, stride=stride, pad=pad), x)
     return vjp(g)[0]
 
 
 def _xla_bwd_weights(x, g, *, stride, pad, ksize):
-    w = jnp.zeros((*ksize, x.shape[3], g.shape[3]), x.dtype)
+    w = jnp.zeros(_bwd_weights_shape(x, g, stride=stride, pad=pad, ksize=ksize), x.dtype)
     _, vjp = jax.vjp(lambda w: _xla_fwd(x, w, stride=stride, pad=pad), w)
     return vjp(g)[0]
 
 
-for _p, _cpu, _xla in [(fwd_p, _cpu_fwd, _xla_fwd), (bwd_data_p, _cpu_bwd_data, _xla_bwd_data),
-                       (bwd_weights_p, _cpu_bwd_weights, _xla_bwd_weights)]:
+for _p, _target, _shape, _xla in [
+        (fwd_p, "ss_conv_fwd", _fwd_shape, _xla_fwd),
+        (bwd_data_p, "ss_conv_bwd_data", _bwd_data_shape, _xla_bwd_data),
+        (bwd_weights_p, "ss_conv_bwd_weights", _bwd_weights_shape, _xla_bwd_weights)]:
+    _p.def_abstract_eval(lambda a, b, _shape=_shape, **params: jax.core.ShapedArray(
+        _shape(a, b, **params), a.dtype))
     # Eager calls compile the primitive alone, so it lowers for the platform it runs on.
     _p.def_impl(lambda *a, _p=_p, **kw: jax.jit(lambda *a: _p.bind(*a, **kw))(*a))
     mlir.register_lowering(_p, mlir.lower_fun(_xla, multiple_results=False))
-    mlir.register_lowering(_p, mlir.lower_fun(_cpu, multiple_results=False), platform="cpu")
+    mlir.register_lowering(_p, mlir.lower_fun(_ffi_lowering(_target, _shape),
+                                              multiple_results=False), platform="cpu")
 
 # fwd(x, w): x <- bwd_data(ct, w); w <- bwd_weights(x, ct)
 ad.defbilinear(
