@@ -203,8 +203,8 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
     compiled = step.lower(state, data).compile()
     compile_s = time.perf_counter() - t0
     cost = _first(compiled.cost_analysis()) or {}
-    flops = float(cost.get("flops", 0.0))
-    flops_source = "compiled"
+    # the compiled program is one device's; a lowered (unpartitioned) one is the whole step's
+    flops, flops_source, per_device = float(cost.get("flops", 0.0)), "compiled", True
     impl = default_conv_impl() if conv_impl == "auto" else conv_impl
     if impl == "onednn":
         # XLA does not count the FLOPs of custom calls: count the same step with im2col
@@ -214,12 +214,12 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
         ref_step = jax.jit(make_train_step(ref_learner, optimizer, ref_sample, mesh=mesh,
                                            batch=workload.meta_batch, chunks=workload.chunks))
         cost = _first(ref_step.lower(state, data).cost_analysis()) or {}
-        flops, flops_source = float(cost.get("flops", 0.0)), "im2col lowering"
+        flops, flops_source, per_device = float(cost.get("flops", 0.0)), "im2col lowering", False
     if workload.chunks > 1:
         # XLA's cost analysis counts a loop body once; the chunk loop holds nearly all the work
         # (the optimiser update outside it is negligible), so scale by the trip count.
-        flops, flops_source = flops * workload.chunks, "compiled x chunks"
-    if devices > 1:  # a sharded step is compiled as one program per device: count them all
+        flops, flops_source = flops * workload.chunks, flops_source + " x chunks"
+    if devices > 1 and per_device:  # a sharded step compiles to one program per device
         flops, flops_source = flops * devices, flops_source + " x devices"
     rss_compiled = peak_rss_mb()
     reset_peak_rss()  # from here: what running the step needs, not what compiling it needed
