@@ -85,6 +85,10 @@ def main(argv=None) -> int:
                    help="JAX: sequential chunks of the meta-batch (0: the backend's default)")
     p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for the JAX side")
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--compile-cache", metavar="DIR",
+                   help="JAX side: load the step from JAX's persistent compilation cache at DIR "
+                   "(one untimed JAX run per workload fills it first), so that its peak memory "
+                   "is a warm start's, without the compiler")
     p.add_argument("--json")
     args = p.parse_args(argv)
     env = _env(args.threads, args.xla_flags)
@@ -93,11 +97,14 @@ def main(argv=None) -> int:
           f"XLA_FLAGS={env['XLA_FLAGS']!r}", flush=True)
     for name in args.names:
         jax_runs, l2l_runs = [], []
+        jax_cmd = ([sys.executable, "-m", "smallsample.bench", "--only", name, "--steps",
+                    str(args.steps), "--conv-impl", args.conv_impl]
+                   + (["--chunks", str(args.chunks)] if args.chunks else [])
+                   + (["--compile-cache", args.compile_cache] if args.compile_cache else []))
+        if args.compile_cache:
+            _run(jax_cmd, env, args.timeout, args.threads)  # fills the cache
         for _ in range(args.rounds):
-            jax_runs.append(_run([sys.executable, "-m", "smallsample.bench", "--only", name,
-                                  "--steps", str(args.steps), "--conv-impl", args.conv_impl]
-                                 + (["--chunks", str(args.chunks)] if args.chunks else []),
-                                 env, args.timeout, args.threads))
+            jax_runs.append(_run(jax_cmd, env, args.timeout, args.threads))
             l2l_runs.append(_run([args.peer, str(ROOT / "benchmarks" / "l2l_peer.py"), name,
                                   "--steps", str(args.steps)], env, args.timeout, args.threads))
         ok_j = [r for r in jax_runs if "error" not in r]
@@ -120,6 +127,7 @@ def main(argv=None) -> int:
                 "jax_rss_imports_mb": max(r.get("rss_imports_mb", 0) for r in ok_j),
                 "l2l_rss_imports_mb": max(r.get("rss_imports_mb", 0) for r in ok_l),
                 "jax_compile_s": bj["compile_s"], "conv_impl": bj["conv_impl"],
+                "jax_compile_cached": all(r.get("compile_cached", False) for r in ok_j),
                 "chunks": bj["chunks"],
             })
             print(f"{name:<28} jax {row['jax_tasks_per_s']:7.2f} tasks/s  l2l "
@@ -137,6 +145,7 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                "threads": args.threads,
+                                               "compile_cache": args.compile_cache,
                                                "xla_flags": env["XLA_FLAGS"], "rows": rows},
                                               indent=2) + "\n")
     return 0

@@ -4,7 +4,8 @@ Each workload is one jitted meta-training step (:func:`smallsample.train.make_tr
 sampling on the device, the vmapped meta-gradient, the Adam update) on synthetic class-indexed data
 of the right shape (speed does not depend on pixel values). For each workload the suite records:
 
-- ``compile_s``: lowering and XLA compilation time;
+- ``compile_s``: lowering and XLA compilation time (``compile_cached``: loaded from JAX's
+  persistent compilation cache instead, with ``--compile-cache DIR``);
 - ``step_ms_median`` and the spread (``step_ms_min``, ``step_ms_max``, ``step_ms_iqr``) over
   ``steps`` timed calls after one warm-up call, and ``tasks_per_s = meta_batch / median``;
 - ``gflop_per_step`` from XLA's ``cost_analysis()`` of the compiled step (with oneDNN
@@ -26,6 +27,7 @@ Usage::
 
     smallsample bench [--quick] [--only NAME ...] [--steps N] [--chunks N] [--devices N]
                       [--conv-impl auto|xla|im2col|shift|onednn] [--json PATH] [--list]
+                      [--compile-cache DIR]
 
 ``--quick`` runs tiny versions of two workloads (a smoke test, not a measurement).
 """
@@ -199,9 +201,15 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
     step = jax.jit(make_train_step(learner, optimizer, sample, mesh=mesh,
                                    batch=workload.meta_batch, chunks=workload.chunks),
                    donate_argnums=0)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, data).compile()
-    compile_s = time.perf_counter() - t0
+    hits = []
+    listener = lambda event, **_: hits.append(event == "/jax/compilation_cache/cache_hits")
+    jax.monitoring.register_event_listener(listener)
+    try:
+        t0 = time.perf_counter()
+        compiled = step.lower(state, data).compile()
+        compile_s = time.perf_counter() - t0
+    finally:
+        jax.monitoring.unregister_event_listener(listener)
     cost = _first(compiled.cost_analysis()) or {}
     # the compiled program is one device's; a lowered (unpartitioned) one is the whole step's
     flops, flops_source, per_device = float(cost.get("flops", 0.0)), "compiled", True
@@ -242,6 +250,7 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
                       if conv_impl == "auto" else conv_impl),
         "devices": devices,
         "compile_s": compile_s,
+        "compile_cached": any(hits),  # loaded from the persistent compilation cache
         "steps_timed": steps,
         "step_ms_median": 1e3 * med,
         "step_ms_min": 1e3 * min(times),
@@ -300,7 +309,8 @@ def format_record(rec: dict[str, Any]) -> str:
         return f"{rec['name']:<30} ERROR {rec['error']}"
     return (f"{rec['name']:<30} {rec['tasks_per_s']:8.1f} tasks/s  step "
             f"{rec['step_ms_median']:8.1f} ms [{rec['step_ms_min']:.0f}-"
-            f"{rec['step_ms_max']:.0f}]  compile {rec['compile_s']:5.1f} s  "
+            f"{rec['step_ms_max']:.0f}]  compile {rec['compile_s']:5.1f} s"
+            f"{' (cached)' if rec.get('compile_cached') else ''}  "
             f"{rec['achieved_gflop_per_s']:6.1f} GFLOP/s  "
             f"rss {rec['rss_peak_mb']:.0f} MB (run {rec['rss_run_mb']:.0f})  "
             f"({rec['conv_impl']}, chunks {rec['chunks']})")
@@ -319,7 +329,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=1, help="shard the meta-batch over N devices")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    p.add_argument("--compile-cache", metavar="DIR", help="load and keep compiled steps in JAX's "
+                   "persistent compilation cache at DIR (default: off, cold compilation is "
+                   "measured); a cached step's compile_s is the load time and compilation's "
+                   "memory is not in rss_peak_mb")
     args = p.parse_args(argv)
+    if args.compile_cache:
+        from smallsample.cli import use_compile_cache  # noqa: PLC0415
+
+        use_compile_cache(args.compile_cache)
     if args.list:
         for w in WORKLOADS.values():
             print(f"{w.name:<30} {w.learner} {w.backbone} {w.image} {w.ways}w{w.shots}s "
@@ -342,10 +360,16 @@ def main(argv: list[str] | None = None) -> int:
           f"load {env['loadavg'][0]:.1f}, XLA_FLAGS={env['xla_flags']!r}", flush=True)
     out = run_suite(workloads, steps=args.steps, conv_impl=args.conv_impl, devices=args.devices,
                     chunks=args.chunks, log=lambda s: print(s, flush=True))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
+    if args.json:  # written whole or not at all
+        tmp = f"{args.json}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(out, f, indent=2)
+                f.write("\n")
+            os.replace(tmp, args.json)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return 1 if any("error" in r for r in out["results"]) else 0
 
 

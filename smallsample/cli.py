@@ -246,6 +246,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def use_compile_cache(path: str | Path | None) -> None:
+    """Keeps compiled programs in JAX's persistent compilation cache at ``path`` (None: off), so a
+    second run of the same job loads its programs instead of compiling them: the quick start's
+    training step compiles in about 15 s and loads in about 2, and the compiler's transient
+    memory (MAML 5w1s: peak 830 MB cold, 395 MB warm) is not paid. A process-wide JAX setting:
+    the command line's choice, never made by the library."""
+    if path is not None:
+        import jax  # noqa: PLC0415
+
+        jax.config.update("jax_compilation_cache_dir", str(path))
+
+
+def entry() -> int:
+    """The ``smallsample`` console script: :func:`main` with the persistent compilation cache of
+    :func:`smallsample.paths.compile_cache_dir` (``SMALLSAMPLE_COMPILE_CACHE=off`` disables it).
+    ``bench`` measures cold compilation unless given ``--compile-cache``."""
+    argv = sys.argv[1:]
+    if argv[:1] != ["bench"]:
+        from smallsample.paths import compile_cache_dir  # noqa: PLC0415
+
+        use_compile_cache(compile_cache_dir())
+    return main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # the suite parses its own options, --help included
@@ -263,4 +287,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -1,10 +1,15 @@
 import json
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from smallsample.cli import main
+from smallsample.paths import compile_cache_dir
 
 FAST = ["steps=4", "steps_per_call=2", "log_every=2", "eval_every=2", "checkpoint_every=2",
         "val_episodes=10", "test_episodes=20", "train_ways=5", "width=16"]
@@ -66,3 +71,51 @@ def test_errors_are_clear(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "could not download" in err and "images_background.zip" in err
     assert main(["data", "--data", str(tmp_path / "empty")]) == 1
+
+
+def _command(args, env_extra, tmp_path):
+    """`python -m smallsample ARGS` in a fresh process (the compilation cache is a process-wide
+    JAX setting that must not leak into this one)."""
+    env = {**os.environ, **env_extra}
+    proc = subprocess.run([sys.executable, "-m", "smallsample", *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_command_line_keeps_compiled_programs(tmp_path, data_dir):
+    """The `smallsample` command stores what it compiles in $SMALLSAMPLE_COMPILE_CACHE (default
+    ~/.cache/smallsample/jax); `off` stores nothing."""
+    cache = tmp_path / "compiled"
+    args = ["episode", "quickstart", "--data", str(data_dir), "--out", "ep.png"]
+    fast = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # its programs compile quickly
+    _command(args, {**fast, "SMALLSAMPLE_COMPILE_CACHE": str(cache)}, tmp_path)
+    assert any(p.name.endswith("-cache") for p in cache.iterdir())
+    _command(args, {**fast, "SMALLSAMPLE_COMPILE_CACHE": "off",
+                    "XDG_CACHE_HOME": str(tmp_path / "xdg")}, tmp_path)
+    assert not (tmp_path / "xdg" / "smallsample" / "jax").exists()
+
+
+def test_compile_cache_dir_default_and_off(monkeypatch, tmp_path):
+    monkeypatch.delenv("SMALLSAMPLE_COMPILE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache_dir() == tmp_path / "smallsample" / "jax"
+    monkeypatch.setenv("SMALLSAMPLE_COMPILE_CACHE", "~/compiled")
+    assert compile_cache_dir() == Path.home() / "compiled"
+    monkeypatch.setenv("SMALLSAMPLE_COMPILE_CACHE", "off")
+    assert compile_cache_dir() is None
+
+
+def test_bench_loads_a_cached_step(tmp_path):
+    """`bench --compile-cache DIR`: the first run compiles and stores the step, the second loads
+    it (recorded as compile_cached) and computes the same loss with it."""
+    args = ["bench", "--quick", "--only", "quick-maml", "--steps", "1", "--compile-cache",
+            str(tmp_path / "compiled"), "--json"]
+    recs = []
+    for i in range(2):
+        _command([*args, f"run{i}.json"], {}, tmp_path)
+        (rec,) = json.loads((tmp_path / f"run{i}.json").read_text())["results"]
+        recs.append(rec)
+    assert not recs[0]["compile_cached"] and recs[1]["compile_cached"]
+    assert recs[0]["loss"] == recs[1]["loss"]
+    assert not list(tmp_path.glob("*.tmp*"))  # the JSON was written whole, by rename

@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from smallsample.paths import user_dir
+
 DEFAULT_TIMEOUT = 20.0
 
 
@@ -30,20 +32,12 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     """The data folder: ``root``, else ``$SMALLSAMPLE_DATA``, else the user cache folder."""
     if root is not None:
         return Path(root).expanduser()
-    env = os.environ.get("SMALLSAMPLE_DATA")
-    if env:
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "smallsample" / "data"
+    return user_dir("SMALLSAMPLE_DATA", "data")
 
 
 def cache_dir() -> Path:
     """Decoded-array cache folder: ``$SMALLSAMPLE_CACHE`` or ``~/.cache/smallsample/arrays``."""
-    env = os.environ.get("SMALLSAMPLE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "smallsample" / "arrays"
+    return user_dir("SMALLSAMPLE_CACHE", "arrays")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

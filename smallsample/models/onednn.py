@@ -45,6 +45,7 @@ from jax.extend import core as jex_core
 from jax.interpreters import ad, batching, mlir
 
 from smallsample.models.layers import conv_output_hw
+from smallsample.paths import user_dir
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 _TARGETS = {"ss_conv_fwd": "SsConvFwd", "ss_conv_bwd_data": "SsConvBwdData",
@@ -71,11 +72,7 @@ def onednn_root() -> Path:
 
 
 def build_dir() -> Path:
-    env = os.environ.get("SMALLSAMPLE_BUILD_DIR")
-    if env:
-        return Path(env)
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "smallsample" / "build"
+    return user_dir("SMALLSAMPLE_BUILD_DIR", "build")
 
 
 @functools.cache
