@@ -85,7 +85,8 @@ def _command(args, env_extra, tmp_path):
 
 def test_command_line_keeps_compiled_programs(tmp_path, data_dir):
     """The `smallsample` command stores what it compiles in $SMALLSAMPLE_COMPILE_CACHE (default
-    ~/.cache/smallsample/jax); `off` stores nothing."""
+    ~/.cache/smallsample/jax); `off` stores nothing; JAX_COMPILATION_CACHE_DIR, if the user set
+    it, is left to JAX."""
     cache = tmp_path / "compiled"
     args = ["episode", "quickstart", "--data", str(data_dir), "--out", "ep.png"]
     fast = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # its programs compile quickly
@@ -94,6 +95,10 @@ def test_command_line_keeps_compiled_programs(tmp_path, data_dir):
     _command(args, {**fast, "SMALLSAMPLE_COMPILE_CACHE": "off",
                     "XDG_CACHE_HOME": str(tmp_path / "xdg")}, tmp_path)
     assert not (tmp_path / "xdg" / "smallsample" / "jax").exists()
+    # the user's own JAX setting wins
+    _command(args, {**fast, "SMALLSAMPLE_COMPILE_CACHE": str(tmp_path / "ours"),
+                    "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "theirs")}, tmp_path)
+    assert any((tmp_path / "theirs").iterdir()) and not (tmp_path / "ours").exists()
 
 
 def test_compile_cache_dir_default_and_off(monkeypatch, tmp_path):
