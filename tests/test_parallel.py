@@ -168,25 +168,23 @@ BENCH_FLOPS = """
 import json, sys
 from smallsample import bench
 out = {}
-for impl in ["im2col", "onednn"]:
-    for devices in [1, 2]:
-        path = f"{sys.argv[1]}.{impl}{devices}"
-        assert bench.main(["--quick", "--only", "quick-maml", "--steps", "1", "--conv-impl",
-                           impl, "--devices", str(devices), "--json", path]) == 0
-        (rec,) = json.load(open(path))["results"]
-        out[f"{impl}{devices}"] = [rec["gflop_per_step"], rec["flops_source"]]
+for devices in [1, 2]:
+    path = f"{sys.argv[1]}.{devices}"
+    assert bench.main(["--quick", "--only", "quick-maml", "--steps", "1", "--conv-impl", "onednn",
+                       "--devices", str(devices), "--json", path]) == 0
+    (rec,) = json.load(open(path))["results"]
+    out[devices] = [rec["gflop_per_step"], rec["flops_source"]]
 json.dump(out, open(sys.argv[1], "w"))
 """
 
 
 @pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"),
                     reason="oneDNN wheels: Linux x86-64 only")
-def test_bench_flops_do_not_depend_on_devices_or_conv_impl(tmp_path):
-    """`smallsample bench` counts one step's FLOPs: the same over one and two host devices
-    (a compiled sharded program is one device's share, a lowered one the whole step's; the
-    all-reduce adds a little), and the
-    same in kind whether the convolutions are im2col or oneDNN custom calls (counted from the
-    im2col lowering, uncompiled)."""
+def test_bench_flops_do_not_depend_on_devices(tmp_path):
+    """`smallsample bench` counts one step's FLOPs, the same over one and two host devices. With
+    oneDNN convolutions (which XLA does not count) they come from the step lowered with im2col,
+    uncompiled: that program is the whole step, not one device's share, so it is not multiplied
+    by the device count. (A compiled sharded program is one device's share and is.)"""
     script = tmp_path / "bench_flops.py"
     script.write_text(BENCH_FLOPS)
     out_path = tmp_path / "out.json"
@@ -194,12 +192,6 @@ def test_bench_flops_do_not_depend_on_devices_or_conv_impl(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(out_path.read_text())
-    ref = out["im2col1"][0]
-    assert ref > 0
-    np.testing.assert_allclose(out["im2col2"][0], ref, rtol=0.05)  # + the all-reduce's
-    # the lowered count leaves out what compilation adds (on this tiny model, 45% of the count:
-    # its elementwise work weighs as much as its matrix products)
-    assert 0.3 * ref < out["onednn1"][0] <= ref
-    np.testing.assert_allclose(out["onednn2"][0], out["onednn1"][0], rtol=0.05)
-    assert out["onednn2"][1].startswith("im2col lowering") and "devices" not in out["onednn2"][1]
-    assert out["im2col2"][1].startswith("compiled") and out["im2col2"][1].endswith("x devices")
+    assert out["1"][0] > 0
+    np.testing.assert_allclose(out["2"][0], out["1"][0], rtol=0.05)  # not 2x
+    assert out["2"][1].startswith("im2col lowering") and "devices" not in out["2"][1]

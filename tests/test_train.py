@@ -159,13 +159,13 @@ def test_augmentation_runs_inside_the_step():
     augmented = make_sampler(meta_batch=2, ways=3, shots=1, queries=2, augment=pipeline)
     key = jax.random.key(0)
     data = jnp.asarray(DATA["train"])
-    a, b = plain(key, data), jax.jit(augmented)(key, data)
+    a, b = jax.jit(plain)(key, data), jax.jit(augmented)(key, data)
     assert a.support_x.shape == b.support_x.shape and a.query_x.shape == b.query_x.shape
     np.testing.assert_array_equal(a.support_y, b.support_y)  # same tasks, other pixels
     assert not np.allclose(a.support_x, b.support_x)
     # each image gets its own draw: two identical inputs come out different
     twin = jnp.broadcast_to(data[:1, :1], (10, 6, 8, 8, 1))
-    c = augmented(key, twin)
+    c = jax.jit(augmented)(key, twin)
     assert not np.allclose(c.support_x[0, 0], c.support_x[0, 1])
 
 
