@@ -43,6 +43,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -50,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from smallsample.data.files import atomic_write_bytes
 from smallsample.models.layers import (  # re-exported: what "auto" means
     ONEDNN_MIN_POSITIONS,
     default_conv_impl,
@@ -361,15 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     out = run_suite(workloads, steps=args.steps, conv_impl=args.conv_impl, devices=args.devices,
                     chunks=args.chunks, log=lambda s: print(s, flush=True))
     if args.json:  # written whole or not at all
-        tmp = f"{args.json}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(out, f, indent=2)
-                f.write("\n")
-            os.replace(tmp, args.json)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_bytes(Path(args.json), (json.dumps(out, indent=2) + "\n").encode())
     return 1 if any("error" in r for r in out["results"]) else 0
 
 

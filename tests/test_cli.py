@@ -123,4 +123,4 @@ def test_bench_loads_a_cached_step(tmp_path):
         recs.append(rec)
     assert not recs[0]["compile_cached"] and recs[1]["compile_cached"]
     assert recs[0]["loss"] == recs[1]["loss"]
-    assert not list(tmp_path.glob("*.tmp*"))  # the JSON was written whole, by rename
+    assert not list(tmp_path.glob(".*.part"))  # the JSON was written whole, by rename

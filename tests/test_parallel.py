@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -20,6 +19,9 @@ import numpy as np
 import pytest
 
 from smallsample.parallel import check_divisible
+from tests.test_onednn import SUPPORTED
+
+ONEDNN = pytest.mark.skipif(not SUPPORTED, reason="oneDNN wheels: Linux x86-64 only")
 
 COMMON = """
 import json, os, sys
@@ -95,7 +97,7 @@ def _assert_same(a: dict, b: dict) -> None:
         np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=2e-6 * max(1.0, np.abs(ga).max()))
 
 
-@pytest.mark.parametrize("conv_impl", ["im2col", "onednn"])
+@pytest.mark.parametrize("conv_impl", ["im2col", pytest.param("onednn", marks=ONEDNN)])
 def test_sharded_step_equals_one_device(tmp_path, conv_impl):
     """Meta-batch of 8 tasks over 8 host devices: same loss, accuracy and meta-gradient (read off
     an SGD(1) update) as on one device, and the compiled step really all-reduces. Also over 4
@@ -178,8 +180,7 @@ json.dump(out, open(sys.argv[1], "w"))
 """
 
 
-@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"),
-                    reason="oneDNN wheels: Linux x86-64 only")
+@ONEDNN
 def test_bench_flops_do_not_depend_on_devices(tmp_path):
     """`smallsample bench` counts one step's FLOPs, the same over one and two host devices. With
     oneDNN convolutions (which XLA does not count) they come from the step lowered with im2col,
