@@ -229,3 +229,46 @@ def test_models_reject_bad_inputs():
         shapes(ResNet12(), (2, 8, 8, 3))
     with pytest.raises(ValueError, match="kernel"):
         conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 3, 1)))
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_batch_stat_norm_equals_float64_numpy_with_large_means(offset):
+    """BatchStatNorm's one-pass moments (shifted by a sample of each channel) against the
+    two-pass float64 formula: values, and gradients of x, scale and bias. A channel mean 1e4
+    times its spread would lose every digit of the variance to cancellation without the shift."""
+    from smallsample.models.layers import BatchStatNorm, batch_moments
+
+    rng = np.random.default_rng(3)
+    x64 = rng.standard_normal((6, 5, 4, 3)) * np.array([1.0, 0.1, 3.0]) + offset
+    x64[..., 2] = offset  # a constant channel: variance 0, output = bias
+    x64 = x64.astype(np.float32).astype(np.float64)  # the float32 input, exactly
+    mean, var = (np.asarray(a) for a in batch_moments(jnp.asarray(x64, jnp.float32)))
+    # float32 resolves a mean of 1e4 to about 1e-3: the tolerances of the mean and the output
+    # grow with the offset; the variance's does not (without the shift its error would be ~1)
+    np.testing.assert_allclose(mean, x64.mean((0, 1, 2)), atol=1e-6 + offset * 2e-7)
+    np.testing.assert_allclose(var, x64.var((0, 1, 2)), rtol=1e-3, atol=1e-6)
+    assert var[2] == 0.0
+
+    scale, bias = rng.uniform(0.5, 1.5, 3), rng.standard_normal(3)
+    w = rng.standard_normal(x64.shape)
+
+    def reference(x, scale, bias):  # float64, two passes
+        m = x.mean((0, 1, 2))
+        return (x - m) / np.sqrt(((x - m) ** 2).mean((0, 1, 2)) + 1e-5) * scale + bias
+
+    params = {"scale": jnp.asarray(scale, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}
+    y = BatchStatNorm().apply({"params": params}, jnp.asarray(x64, jnp.float32))
+    np.testing.assert_allclose(np.asarray(y), reference(x64, scale, bias),
+                               atol=2e-4 + offset * 2e-6)
+
+    with jax.enable_x64(True):
+        loss = lambda x, p: jnp.sum(jnp.sin(BatchStatNorm().apply({"params": p}, x)) * w)
+        p64 = {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}
+        gx, gp = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x64), p64)
+        ref = lambda x, s, b: jnp.sum(jnp.sin(
+            (x - x.mean((0, 1, 2))) * jax.lax.rsqrt(x.var((0, 1, 2)) + 1e-5) * s + b) * w)
+        rx, rs, rb = jax.grad(ref, argnums=(0, 1, 2))(jnp.asarray(x64), p64["scale"],
+                                                      p64["bias"])
+    np.testing.assert_allclose(np.asarray(gx), np.asarray(rx), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(gp["scale"]), np.asarray(rs), rtol=1e-8)
+    np.testing.assert_allclose(np.asarray(gp["bias"]), np.asarray(rb), rtol=1e-8)

@@ -175,16 +175,35 @@ class BatchStatNorm(nn.Module):
             mean = self.get_variable("norm_stats", "mean")
             var = self.get_variable("norm_stats", "var")
         else:
-            axes = tuple(range(x.ndim - 1))
-            mean = x.mean(axes)
-            var = jnp.square(x - mean).mean(axes)
+            mean, var = batch_moments(x)
             if self.is_mutable_collection("norm_stats") and not self.is_initializing():
                 self.put_variable("norm_stats", "mean", mean)
                 self.put_variable("norm_stats", "var", var)
-        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
         scale = self.param("scale", self.scale_init, (x.shape[-1],), x.dtype)
         bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), x.dtype)
-        return y * scale + bias
+        # the per-channel factor first: one subtract and multiply-add per element (not
+        # x * factor + (bias - mean * factor), which cancels when the mean is large)
+        return (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+
+
+def batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and (biased) variance of ``x`` over every axis but the last, from one
+    pass over ``x``: the sums of ``x - k`` and its square, ``k`` the first element of each
+    channel (a constant for differentiation).
+
+    The textbook two passes (the mean, then the mean of ``(x - mean)^2``) read the activations
+    once more, and XLA's CPU fusions of their derivative more than that: a Conv-4 block's
+    BatchNorm, ReLU and max-pool, forward and backward on 75 x 28x28x64, took 38 ms against
+    18 ms in this form (``benchmarks/bench_norm.py``). Shifting by a sample of the channel keeps
+    ``E[(x-k)^2] - E[x-k]^2`` from cancelling when the mean is large against the spread; the
+    variance is clipped at zero against rounding.
+    """
+    axes = tuple(range(x.ndim - 1))
+    k = jax.lax.stop_gradient(x[(0,) * (x.ndim - 1)])
+    shifted = x - k
+    m = shifted.mean(axes)
+    var = jnp.maximum(jnp.square(shifted).mean(axes) - jnp.square(m), 0)
+    return m + k, var
 
 
 def _pool_windows(x: jax.Array) -> jax.Array:
