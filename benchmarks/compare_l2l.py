@@ -14,6 +14,10 @@ Eigen pool) and N CPUs (``sched_setaffinity``: XLA's YNNPACK matrix products ign
 settings); on a loaded shared machine two-thread runs are dominated by thread contention
 (PyTorch's 2-thread conv measured 5x slower than 1-thread at load 8), so 1 thread gives the
 steadier ratio. ``--threads 0`` leaves both at their defaults.
+
+``--heap hugepage`` (default) starts both sides with glibc's heap on transparent huge pages, as
+the ``smallsample`` command runs (``smallsample.procmem.hugepage_env``); ``--heap default``
+starts both as they are.
 """
 
 from __future__ import annotations
@@ -89,11 +93,19 @@ def main(argv=None) -> int:
                    help="JAX side: load the step from JAX's persistent compilation cache at DIR "
                    "(one untimed JAX run per workload fills it first), so that its peak memory "
                    "is a warm start's, without the compiler")
+    p.add_argument("--heap", choices=["hugepage", "default"], default="hugepage",
+                   help="both sides' glibc heap: on transparent huge pages (default, as the "
+                   "smallsample command runs) or as started")
     p.add_argument("--json")
     args = p.parse_args(argv)
     env = _env(args.threads, args.xla_flags)
+    if args.heap == "hugepage":
+        sys.path.insert(0, str(ROOT))
+        from smallsample.procmem import hugepage_env  # noqa: PLC0415
+
+        env = hugepage_env(env)
     rows = []
-    print(f"# load {os.getloadavg()}, threads {args.threads or 'default'}, "
+    print(f"# load {os.getloadavg()}, threads {args.threads or 'default'}, heap {args.heap}, "
           f"XLA_FLAGS={env['XLA_FLAGS']!r}", flush=True)
     for name in args.names:
         jax_runs, l2l_runs = [], []
@@ -146,6 +158,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                "threads": args.threads,
                                                "compile_cache": args.compile_cache,
+                                               "heap": args.heap,
                                                "xla_flags": env["XLA_FLAGS"], "rows": rows},
                                               indent=2) + "\n")
     return 0

@@ -21,6 +21,11 @@ of the right shape (speed does not depend on pixel values). For each workload th
   ``benchmarks/compare_l2l.py`` does), and the peak while running the step (``rss_run_mb``: the
   mark is reset after compilation, :mod:`smallsample.procmem`), and the RSS before the workload
   is built (``rss_imports_mb``: JAX, jaxlib and the library loaded, the floor of any run);
+- ``page_faults_per_step``: the process's minor page faults per timed step (pages mapped in on
+  first touch: a step whose buffers come fresh from the OS every time pays for them in system
+  time). The ``smallsample`` command runs with glibc's heap on transparent huge pages
+  (:func:`smallsample.procmem.hugepage_env`; ``python -m smallsample.bench`` runs as started);
+  the environment records ``malloc_hugepages`` and the kernel's ``transparent_hugepages`` mode;
 - the device kind, platform, device count, versions, ``XLA_FLAGS`` and the load average.
 
 Usage::
@@ -56,7 +61,15 @@ from smallsample.models.layers import (  # re-exported: what "auto" means
     ONEDNN_MIN_POSITIONS,
     default_conv_impl,
 )
-from smallsample.procmem import current_rss_mb, peak_rss_mb, release_free_heap, reset_peak_rss
+from smallsample.procmem import (
+    current_rss_mb,
+    hugepage_heap,
+    minor_faults,
+    peak_rss_mb,
+    release_free_heap,
+    reset_peak_rss,
+    transparent_hugepages,
+)
 
 
 @dataclass(frozen=True)
@@ -236,11 +249,13 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
     state, metrics = compiled(state, data)  # warm-up
     jax.block_until_ready(metrics)
     times = []
+    faults = minor_faults()
     for _ in range(steps):
         t0 = time.perf_counter()
         state, metrics = compiled(state, data)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
+    faults = (minor_faults() - faults) / steps
     rss_run = peak_rss_mb()
     loss = float(np.asarray(metrics["loss"]).mean())
     med = statistics.median(times)
@@ -267,6 +282,7 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
         "rss_peak_mb": max(rss_compiled, rss_run),
         "rss_run_mb": rss_run,
         "rss_imports_mb": rss_imports,
+        "page_faults_per_step": faults,
     })
     rec.update(_memory(compiled))
     stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
@@ -288,6 +304,7 @@ def environment() -> dict[str, Any]:
         "optax": optax.__version__, "numpy": np.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cpu_count": os.cpu_count(),
         "loadavg": list(os.getloadavg()), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "malloc_hugepages": hugepage_heap(), "transparent_hugepages": transparent_hugepages(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

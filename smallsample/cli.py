@@ -260,16 +260,42 @@ def use_compile_cache(path: str | Path | None) -> None:
 
 
 def entry() -> int:
-    """The ``smallsample`` console script: :func:`main` with the persistent compilation cache of
-    :func:`smallsample.paths.compile_cache_dir` (``SMALLSAMPLE_COMPILE_CACHE=off`` disables it;
-    a ``JAX_COMPILATION_CACHE_DIR`` the user set is left alone). ``bench`` measures cold
-    compilation unless given ``--compile-cache``."""
+    """The ``smallsample`` console script: :func:`main` with two process-wide settings.
+
+    - glibc's heap on transparent huge pages (:func:`smallsample.procmem.hugepage_env`): where
+      the kernel gives them on request only (``madvise``), the command starts itself again once
+      with the glibc tunable that asks for them (glibc reads it at start-up only);
+      ``SMALLSAMPLE_HEAP=default`` leaves the process as started.
+    - The persistent compilation cache of :func:`smallsample.paths.compile_cache_dir`
+      (``SMALLSAMPLE_COMPILE_CACHE=off`` disables it; a ``JAX_COMPILATION_CACHE_DIR`` the user
+      set is left alone). ``bench`` measures cold compilation unless given ``--compile-cache``.
+    """
     argv = sys.argv[1:]
+    _restart_with_hugepage_heap(argv)
     if argv[:1] != ["bench"] and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         from smallsample.paths import compile_cache_dir  # noqa: PLC0415
 
         use_compile_cache(compile_cache_dir())
     return main(argv)
+
+
+def _restart_with_hugepage_heap(argv: list[str]) -> None:
+    """Replaces this process with ``python -m smallsample ARGV`` whose environment asks glibc
+    for huge pages, unless it already does, the user said ``SMALLSAMPLE_HEAP=default``, the C
+    library is not glibc or the kernel's mode makes it moot (``always``, ``never``)."""
+    from smallsample import procmem  # noqa: PLC0415
+
+    if (os.environ.get("SMALLSAMPLE_HEAP") == "default" or procmem.hugepage_heap()
+            or not procmem.glibc()
+            or procmem.transparent_hugepages() != "madvise"):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "smallsample", *argv],
+                  procmem.hugepage_env(os.environ))
+    except OSError:  # run as started
+        return
 
 
 def main(argv: list[str] | None = None) -> int:

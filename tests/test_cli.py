@@ -113,14 +113,25 @@ def test_compile_cache_dir_default_and_off(monkeypatch, tmp_path):
 
 def test_bench_loads_a_cached_step(tmp_path):
     """`bench --compile-cache DIR`: the first run compiles and stores the step, the second loads
-    it (recorded as compile_cached) and computes the same loss with it."""
+    it (recorded as compile_cached) and computes the same loss with it. The first runs on a
+    huge-page heap (the command's default), the second as started."""
+    from smallsample import procmem
+
     args = ["bench", "--quick", "--only", "quick-maml", "--steps", "1", "--compile-cache",
             str(tmp_path / "compiled"), "--json"]
-    recs = []
+    recs, envs = [], []
     for i in range(2):
-        _command([*args, f"run{i}.json"], {}, tmp_path)
-        (rec,) = json.loads((tmp_path / f"run{i}.json").read_text())["results"]
-        recs.append(rec)
+        # the second run as started (no huge-page heap): same results
+        _command([*args, f"run{i}.json"], {"SMALLSAMPLE_HEAP": "default"} if i else {}, tmp_path)
+        out = json.loads((tmp_path / f"run{i}.json").read_text())
+        recs.append(out["results"][0])
+        envs.append(out["environment"])
     assert not recs[0]["compile_cached"] and recs[1]["compile_cached"]
     assert recs[0]["loss"] == recs[1]["loss"]
+    assert all(r["page_faults_per_step"] >= 0 for r in recs)
+    # the command restarted itself with glibc's huge-page tunable where the kernel wants asking
+    started_with = procmem.hugepage_heap()
+    if procmem.glibc() and procmem.transparent_hugepages() == "madvise":
+        assert envs[0]["malloc_hugepages"]
+        assert envs[1]["malloc_hugepages"] == started_with
     assert not list(tmp_path.glob(".*.part"))  # the JSON was written whole, by rename
