@@ -69,10 +69,10 @@ def hugepage_env(env: Mapping[str, str]) -> dict[str, str]:
     cannot come from that thread's arena, so glibc maps fresh pages at every step and the step
     faults them in one 4 KiB page at a time: the prototypical-network step at one episode (a
     73 MB buffer) took 18,600 page faults and 60 ms of system time a step. With huge pages the
-    same step took under 200 faults (``benchmarks/README.md``). Where the kernel's mode is
-    ``madvise`` (the usual default) this is what turns them on for the process; glibc reads it
-    only at start-up, so the ``smallsample`` command starts itself again with it
-    (:func:`smallsample.cli.entry`).
+    same step took about 250 faults and ran 1.24x faster (``benchmarks/README.md``). Where the
+    kernel's mode is ``madvise`` (the usual default) this is what turns them on for the
+    process; glibc reads it only at start-up, so the ``smallsample`` command starts itself again
+    with it (:func:`smallsample.cli.entry`).
     """
     env = dict(env)
     tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":")
