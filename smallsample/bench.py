@@ -9,13 +9,16 @@ of the right shape (speed does not depend on pixel values). For each workload th
 - ``step_ms_median`` and the spread (``step_ms_min``, ``step_ms_max``, ``step_ms_iqr``) over
   ``steps`` timed calls after one warm-up call, and ``tasks_per_s = meta_batch / median``;
 - ``gflop_per_step`` from XLA's ``cost_analysis()`` of the compiled step (with oneDNN
-  convolutions, which XLA does not count, of the same step lowered with im2col ones), and
+  convolutions, and on GPUs, whose cuDNN and cuBLAS calls XLA does not count either, of the
+  same step lowered with im2col convolutions), and
   ``achieved_gflop_per_s`` = that divided by the median step time. XLA counts a loop body once:
   for ``chunks > 1`` the count is scaled by the number of chunks, and for a step sharded over
   ``devices`` (one program per device) by the number of devices; the inner loop of MAML is a
   ``lax.scan``, so with ``inner_steps > 1`` the count (and the FLOP/s) is a lower bound;
 - memory: XLA's ``memory_analysis()`` of the step (temporaries, arguments, outputs), the device's
-  ``peak_bytes_in_use`` where the backend reports it (GPUs), the process's peak resident set size
+  ``peak_bytes_in_use`` where the backend reports it (GPUs; ``device_peak_mb``, the peak since the
+  process started, so per workload only for the first of a process), the process's peak resident
+  set size
   over everything, XLA's compiler included (``rss_peak_mb``; cumulative over the process, so run
   one workload per process, ``--only``, for a per-workload figure, as
   ``benchmarks/compare_l2l.py`` does), and the peak while running the step (``rss_run_mb``: the
@@ -228,11 +231,13 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
     cost = _first(compiled.cost_analysis()) or {}
     # the compiled program is one device's; a lowered (unpartitioned) one is the whole step's
     flops, flops_source, per_device = float(cost.get("flops", 0.0)), "compiled", True
-    impl = default_conv_impl() if conv_impl == "auto" else conv_impl
-    if impl == "onednn":
-        # XLA does not count the FLOPs of custom calls: count the same step with im2col
-        # convolutions instead, from its lowered program (uncompiled: 3-7% below the compiled
-        # count on the suite's workloads)
+    impl = (default_conv_impl(per_task=workload.learner != "protonet") if conv_impl == "auto"
+            else conv_impl)
+    if impl == "onednn" or jax.default_backend() != "cpu":
+        # XLA does not count the FLOPs of custom calls (oneDNN's; on GPUs cuDNN's convolutions
+        # and cuBLAS's products): count the same step with im2col convolutions instead, from its
+        # lowered program (uncompiled: 3-7% below the compiled count on CPU for the suite's
+        # workloads)
         ref_learner, ref_sample, _ = build(workload, conv_impl="im2col")
         ref_step = jax.jit(make_train_step(ref_learner, optimizer, ref_sample, mesh=mesh,
                                            batch=workload.meta_batch, chunks=workload.chunks))
@@ -310,17 +315,23 @@ def environment() -> dict[str, Any]:
 
 
 def run_suite(workloads: list[Workload], *, steps: int = 5, conv_impl: str = "auto",
-              devices: int = 1, chunks: int | None = None, log=print) -> dict[str, Any]:
-    """Measures ``workloads`` in order; returns ``{'environment': ..., 'results': [...]}``."""
-    results = []
+              devices: int = 1, chunks: int | None = None, log=print,
+              on_record=None) -> dict[str, Any]:
+    """Measures ``workloads`` in order; returns ``{'environment': ..., 'results': [...]}``.
+
+    ``on_record(out)``, if given, is called after each workload with the results so far (the
+    command line rewrites its JSON then, so a suite stopped part-way keeps what it measured)."""
+    out: dict[str, Any] = {"environment": environment(), "results": []}
     for w in workloads:
         try:
             rec = measure(w, steps=steps, conv_impl=conv_impl, devices=devices, chunks=chunks)
         except Exception as e:  # noqa: BLE001 (one failing workload must not hide the others)
             rec = {"name": w.name, "error": f"{type(e).__name__}: {e}"}
-        results.append(rec)
+        out["results"].append(rec)
         log(format_record(rec))
-    return {"environment": environment(), "results": results}
+        if on_record is not None:
+            on_record(out)
+    return out
 
 
 def format_record(rec: dict[str, Any]) -> str:
@@ -377,10 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     print(f"# {env['device_kind']} x{env['device_count']} ({env['platform']}), jax {env['jax']}, "
           f"load {env['loadavg'][0]:.1f}, XLA_FLAGS={env['xla_flags']!r}", flush=True)
-    out = run_suite(workloads, steps=args.steps, conv_impl=args.conv_impl, devices=args.devices,
-                    chunks=args.chunks, log=lambda s: print(s, flush=True))
-    if args.json:  # written whole or not at all
+
+    def write(out):  # each version written whole or not at all, after every workload
         atomic_write_bytes(Path(args.json), (json.dumps(out, indent=2) + "\n").encode())
+
+    out = run_suite(workloads, steps=args.steps, conv_impl=args.conv_impl, devices=args.devices,
+                    chunks=args.chunks, log=lambda s: print(s, flush=True),
+                    on_record=write if args.json else None)
     return 1 if any("error" in r for r in out["results"]) else 0
 
 

@@ -39,6 +39,18 @@ def test_quick_run_writes_json(tmp_path, capsys):
     assert "quick-maml" in capsys.readouterr().out
 
 
+def test_suite_reports_each_workload_as_it_finishes():
+    # what a caller (the command's --json) has after each workload: everything measured so far,
+    # so a suite stopped by a time limit keeps its finished workloads; a failing one is recorded
+    bad = bench.Workload("quick-bad", "maml", "no-such-backbone", (12, 12, 1), 3, 1, 2, 2)
+    seen = []
+    out = bench.run_suite([bench.QUICK[0], bad], steps=1, log=lambda s: None,
+                          on_record=lambda o: seen.append([r["name"] for r in o["results"]]))
+    assert seen == [["quick-maml"], ["quick-maml", "quick-bad"]]
+    assert "step_ms_median" in out["results"][0]
+    assert "no-such-backbone" in out["results"][1]["error"]
+
+
 def test_suite_lists_standard_workloads(capsys):
     assert bench.main(["--list"]) == 0
     text = capsys.readouterr().out
@@ -72,6 +84,37 @@ def test_default_conv_impl_per_backend():
     assert bench.default_conv_impl("cpu", jnp.float64) == "im2col"
     assert bench.default_conv_impl("gpu") == "xla"
     assert bench.default_conv_impl("tpu") == "xla"
+    # MAML-family networks (per-task weights in a vmapped inner loop) on GPUs: im2col, measured
+    # 3.4-5.4x faster than cuDNN on an H200; unchanged on CPU and TPU
+    assert bench.default_conv_impl("gpu", per_task=True) == "im2col"
+    assert bench.default_conv_impl("tpu", per_task=True) == "xla"
+    assert bench.default_conv_impl("cpu", per_task=True) == bench.default_conv_impl("cpu")
+
+
+def test_inner_loop_model_resolves_auto_on_gpu_only():
+    import jax
+    import jax.numpy as jnp
+
+    from smallsample import Episode, episode_loss
+    from smallsample.learners.maml import maml
+    from smallsample.models.conv4 import Conv4
+    from smallsample.models.layers import inner_loop_model
+
+    auto = Conv4(width=4, num_classes=3, conv_impl="auto")
+    on_gpu = inner_loop_model(auto, backend="gpu")
+    assert on_gpu.conv_impl == "im2col" and on_gpu.width == 4 and on_gpu.num_classes == 3
+    assert inner_loop_model(auto, backend="cpu") is auto
+    assert inner_loop_model(auto, backend="tpu") is auto
+    explicit = Conv4(width=4, num_classes=3, conv_impl="xla")
+    assert inner_loop_model(explicit, backend="gpu") is explicit  # the user's choice stands
+    # the learner over the resolved model computes the same function as over the original
+    x = jax.random.normal(jax.random.key(0), (6, 12, 12, 1))
+    y = jnp.arange(6) % 3
+    learners = [maml(m, 3, inner_steps=1, inner_lr=0.1) for m in (auto, on_gpu)]
+    params = learners[0].init(jax.random.key(1), x)
+    ep = Episode(x, y, x, y)
+    losses = [float(episode_loss(lr, params, ep, jax.random.key(2))[0]) for lr in learners]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
 # ---------------------------------------------------------------- conv2d(impl='shift' | 'auto')
