@@ -71,6 +71,9 @@ class Check:
         self.log.write(text + "\n")
 
     def save(self) -> None:
+        # written whole, by rename; not data.files.atomic_write_bytes: this script imports
+        # nothing of the library, so a GPU image missing one of its dependencies still gets a
+        # record of that (stage 1)
         self.record["elapsed_s"] = round(time.monotonic() - self.t0, 1)
         tmp = self.out / "gpu_check.json.part"
         tmp.write_text(json.dumps(self.record, indent=2) + "\n")
