@@ -87,6 +87,9 @@ def main(argv=None) -> int:
     p.add_argument("--conv-impl", default="auto")
     p.add_argument("--chunks", type=int, default=0,
                    help="JAX: sequential chunks of the meta-batch (0: the backend's default)")
+    p.add_argument("--conv-bias", action="store_true", help="the JAX Conv-4 with a bias on "
+                   "each convolution, learn2learn's parameters (default: without; the same "
+                   "function, BatchNorm cancels the bias)")
     p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for the JAX side")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--compile-cache", metavar="DIR",
@@ -112,6 +115,7 @@ def main(argv=None) -> int:
         jax_cmd = ([sys.executable, "-m", "smallsample.bench", "--only", name, "--steps",
                     str(args.steps), "--conv-impl", args.conv_impl]
                    + (["--chunks", str(args.chunks)] if args.chunks else [])
+                   + (["--conv-bias"] if args.conv_bias else [])
                    + (["--compile-cache", args.compile_cache] if args.compile_cache else []))
         if args.compile_cache:
             _run(jax_cmd, env, args.timeout, args.threads)  # fills the cache
@@ -159,6 +163,7 @@ def main(argv=None) -> int:
                                                "threads": args.threads,
                                                "compile_cache": args.compile_cache,
                                                "heap": args.heap,
+                                               "conv_bias": args.conv_bias,
                                                "xla_flags": env["XLA_FLAGS"], "rows": rows},
                                               indent=2) + "\n")
     return 0

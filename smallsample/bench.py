@@ -34,8 +34,8 @@ of the right shape (speed does not depend on pixel values). For each workload th
 Usage::
 
     smallsample bench [--quick] [--only NAME ...] [--steps N] [--chunks N] [--devices N]
-                      [--conv-impl auto|xla|im2col|shift|onednn] [--json PATH] [--list]
-                      [--compile-cache DIR]
+                      [--conv-impl auto|xla|im2col|shift|onednn] [--conv-bias] [--json PATH]
+                      [--list] [--compile-cache DIR]
 
 ``--quick`` runs tiny versions of two workloads (a smoke test, not a measurement).
 """
@@ -132,9 +132,10 @@ QUICK = [
 ]
 
 
-def build(workload: Workload, *, conv_impl: str = "auto"):  # noqa: C901
+def build(workload: Workload, *, conv_impl: str = "auto", conv_bias: bool = False):  # noqa: C901
     """``(learner, sample, data)`` for ``workload``; ``data`` is synthetic uint8
-    ``[num_classes, per_class, H, W, C]``."""
+    ``[num_classes, per_class, H, W, C]``. ``conv_bias``: Conv-4 with a bias on each convolution
+    (learn2learn's parameters; the same function, see :class:`~smallsample.models.conv4.Conv4`)."""
     from smallsample.learners.maml import maml  # noqa: PLC0415
     from smallsample.learners.protonet import protonet  # noqa: PLC0415
     from smallsample.models.conv4 import Conv4  # noqa: PLC0415
@@ -143,10 +144,11 @@ def build(workload: Workload, *, conv_impl: str = "auto"):  # noqa: C901
     w = workload  # conv_impl 'auto' is resolved per convolution (models/layers.py)
     head = None if w.learner == "protonet" else w.ways
     if w.backbone == "conv4":
-        model = Conv4(width=w.width, downsample="pool", num_classes=head, conv_impl=conv_impl)
+        model = Conv4(width=w.width, downsample="pool", num_classes=head, conv_impl=conv_impl,
+                      conv_bias=conv_bias)
     elif w.backbone == "conv4-stride":
         model = Conv4(width=w.width, downsample="stride", num_classes=head, conv_impl=conv_impl,
-                      bn_scale_init="uniform")
+                      bn_scale_init="uniform", conv_bias=conv_bias)
     elif w.backbone == "resnet12":
         from smallsample.models.resnet12 import ResNet12  # noqa: PLC0415
         model = ResNet12(num_classes=head, conv_impl=conv_impl)
@@ -186,7 +188,8 @@ def _memory(compiled) -> dict[str, Any]:
 
 
 def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
-            devices: int = 1, chunks: int | None = None) -> dict[str, Any]:
+            devices: int = 1, chunks: int | None = None, conv_bias: bool = False
+            ) -> dict[str, Any]:
     """Compiles and times one workload; returns a JSON-ready record (see module docstring).
 
     ``chunks`` overrides the workload's: the meta-batch runs as that many sequential groups of
@@ -206,7 +209,7 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
         raise ValueError(f"steps must be >= 1, got {steps}")
     release_free_heap()
     rss_imports = current_rss_mb()
-    learner, sample, data_np = build(workload, conv_impl=conv_impl)
+    learner, sample, data_np = build(workload, conv_impl=conv_impl, conv_bias=conv_bias)
     mesh = None
     if devices > 1:
         if devices > jax.device_count():
@@ -238,7 +241,7 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
         # and cuBLAS's products): count the same step with im2col convolutions instead, from its
         # lowered program (uncompiled: 3-7% below the compiled count on CPU for the suite's
         # workloads)
-        ref_learner, ref_sample, _ = build(workload, conv_impl="im2col")
+        ref_learner, ref_sample, _ = build(workload, conv_impl="im2col", conv_bias=conv_bias)
         ref_step = jax.jit(make_train_step(ref_learner, optimizer, ref_sample, mesh=mesh,
                                            batch=workload.meta_batch, chunks=workload.chunks))
         cost = _first(ref_step.lower(state, data).cost_analysis()) or {}
@@ -271,6 +274,7 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
                                           if impl == "onednn" else "")
                       if conv_impl == "auto" else conv_impl),
         "devices": devices,
+        "conv_bias": conv_bias,
         "compile_s": compile_s,
         "compile_cached": any(hits),  # loaded from the persistent compilation cache
         "steps_timed": steps,
@@ -315,7 +319,7 @@ def environment() -> dict[str, Any]:
 
 
 def run_suite(workloads: list[Workload], *, steps: int = 5, conv_impl: str = "auto",
-              devices: int = 1, chunks: int | None = None, log=print,
+              devices: int = 1, chunks: int | None = None, conv_bias: bool = False, log=print,
               on_record=None) -> dict[str, Any]:
     """Measures ``workloads`` in order; returns ``{'environment': ..., 'results': [...]}``.
 
@@ -324,7 +328,8 @@ def run_suite(workloads: list[Workload], *, steps: int = 5, conv_impl: str = "au
     out: dict[str, Any] = {"environment": environment(), "results": []}
     for w in workloads:
         try:
-            rec = measure(w, steps=steps, conv_impl=conv_impl, devices=devices, chunks=chunks)
+            rec = measure(w, steps=steps, conv_impl=conv_impl, devices=devices, chunks=chunks,
+                          conv_bias=conv_bias)
         except Exception as e:  # noqa: BLE001 (one failing workload must not hide the others)
             rec = {"name": w.name, "error": f"{type(e).__name__}: {e}"}
         out["results"].append(rec)
@@ -357,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunks", type=int, help="sequential chunks of the meta-batch (default: "
                    "the backend's, one task at a time on CPU; 1: all tasks vmapped)")
     p.add_argument("--devices", type=int, default=1, help="shard the meta-batch over N devices")
+    p.add_argument("--conv-bias", action="store_true", help="Conv-4 with a bias on each "
+                   "convolution, as learn2learn's (the same function: BatchNorm cancels it)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.add_argument("--compile-cache", metavar="DIR", help="load and keep compiled steps in JAX's "
@@ -393,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_bytes(Path(args.json), (json.dumps(out, indent=2) + "\n").encode())
 
     out = run_suite(workloads, steps=args.steps, conv_impl=args.conv_impl, devices=args.devices,
-                    chunks=args.chunks, log=lambda s: print(s, flush=True),
+                    chunks=args.chunks, conv_bias=args.conv_bias,
+                    log=lambda s: print(s, flush=True),
                     on_record=write if args.json else None)
     return 1 if any("error" in r for r in out["results"]) else 0
 

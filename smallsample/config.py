@@ -36,6 +36,7 @@ class Config:
     backbone: str = "conv4"           # conv4 | conv4-stride | resnet12
     width: int = 64
     conv_impl: str = "auto"           # auto | xla | im2col | shift | onednn (models/layers.py)
+    conv_bias: bool = False           # conv4: a bias per conv (learn2learn; BatchNorm cancels it)
     norm: str = "separate"            # protonet batch statistics: separate | support | joint
     inner_steps: int = 1
     test_inner_steps: int = 0         # 0: same as inner_steps
@@ -79,6 +80,9 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> Config:
         values = json.loads(text)
+        # saved before the field existed: Conv-4 then always had conv biases, and so do the
+        # run's checkpoints
+        values.setdefault("conv_bias", True)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -29,10 +29,11 @@ def load_data(config: Config, root=None) -> dict[str, np.ndarray]:
 def backbone(config: Config, num_classes: int | None = None):
     if config.backbone == "conv4":
         return Conv4(width=config.width, downsample="pool", num_classes=num_classes,
-                     conv_impl=config.conv_impl)
+                     conv_impl=config.conv_impl, conv_bias=config.conv_bias)
     if config.backbone == "conv4-stride":
         return Conv4(width=config.width, downsample="stride", num_classes=num_classes,
-                     conv_impl=config.conv_impl, bn_scale_init="uniform")
+                     conv_impl=config.conv_impl, bn_scale_init="uniform",
+                     conv_bias=config.conv_bias)
     if config.backbone == "resnet12":
         from smallsample.models.resnet12 import ResNet12  # noqa: PLC0415
         return ResNet12(num_classes=num_classes, conv_impl=config.conv_impl)

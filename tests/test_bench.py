@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -72,6 +74,16 @@ def test_build_gives_data_of_the_workload_shape():
     w = bench.WORKLOADS["protonet-mini-5w5s"]
     _, _, data = bench.build(w)
     assert data.shape == (w.num_classes, w.per_class, 84, 84, 3) and data.dtype == np.uint8
+
+
+def test_conv_bias_gives_learn2learns_parameter_tree():
+    w = bench.WORKLOADS["maml-omniglot-5w1s"]
+    x = jnp.zeros((2, 28, 28, 1))
+    for bias in (False, True):
+        learner, _, _ = bench.build(w, conv_bias=bias)
+        params = jax.eval_shape(learner.init, jax.random.key(0), x)
+        convs = [v for k, v in params.items() if k.startswith("Conv")]
+        assert len(convs) == 4 and all(("bias" in c) == bias for c in convs)
 
 
 def test_default_conv_impl_per_backend():

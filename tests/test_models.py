@@ -126,8 +126,6 @@ def test_max_pool2_jit_gradient_equals_reduce_window():
         conv4.max_pool2 = original
     for path, g in jax.tree_util.tree_leaves_with_path(got):
         name = jax.tree_util.keystr(path)
-        if "Conv" in name and "bias" in name:  # zero true gradient before batch statistics
-            continue
         r = ref
         for k in path:
             r = r[k.key]
@@ -187,13 +185,46 @@ def test_conv4_lowerings_agree_in_values_and_gradients():
 
     (va, ga), (vb, gb) = value_and_grad("xla"), value_and_grad("im2col")
     np.testing.assert_allclose(va, vb, rtol=1e-12)
-    # a conv bias before a batch-statistics BatchNorm has a zero true gradient: left out
     for name in ga:
         for leaf in ga[name]:
-            if not (name.startswith("Conv") and leaf == "bias"):
-                np.testing.assert_allclose(ga[name][leaf], gb[name][leaf], rtol=1e-10,
-                                           atol=1e-12, err_msg=f"{name}/{leaf}")
-    np.testing.assert_allclose(ga["Conv_0"]["bias"], 0, atol=1e-10)
+            np.testing.assert_allclose(ga[name][leaf], gb[name][leaf], rtol=1e-10,
+                                       atol=1e-12, err_msg=f"{name}/{leaf}")
+
+
+@pytest.mark.parametrize("downsample", ["stride", "pool"])
+def test_conv4_conv_bias_is_cancelled_by_batch_norm(downsample):
+    """``conv_bias=True`` (learn2learn's parameter tree) and the default computes the same
+    function for any biases: the batch-statistics BatchNorm after each convolution subtracts
+    them. Same values and same gradients of every shared parameter (float64), with the
+    statistics of the batch and with statistics carried from another batch (``norm_stats``);
+    the biases' own gradient is zero."""
+    rng = np.random.default_rng(3)
+    x, x2 = rng.normal(size=(4, 8, 8, 1)), rng.normal(size=(3, 8, 8, 1))
+    y = rng.normal(size=(4, 3))
+    kw = dict(width=3, blocks=2, downsample=downsample, num_classes=3, conv_impl="im2col")
+    with_bias, without = Conv4(conv_bias=True, **kw), Conv4(**kw)
+    structure, _ = shapes(with_bias, x.shape)
+    params = jax.tree.map(lambda s: rng.normal(size=s.shape), structure["params"])
+    assert params["Conv_0"]["bias"].shape == (3,) and np.abs(params["Conv_1"]["bias"]).min() > 0
+    plain = {k: {n: v for n, v in p.items() if not (k.startswith("Conv") and n == "bias")}
+             for k, p in params.items()}
+    assert set(shapes(without, x.shape)[0]["params"]["Conv_0"]) == {"kernel"}
+
+    def loss(model, p):
+        _, stats = model.apply({"params": p}, x2, mutable=["norm_stats"])  # another batch's
+        own = model.apply({"params": p}, x)
+        carried = model.apply({"params": p, **stats}, x)
+        return jnp.sum(own * y) + jnp.sum(jnp.tanh(carried) * y)
+
+    va, ga = jax.jit(jax.value_and_grad(lambda p: loss(with_bias, p)))(params)
+    vb, gb = jax.jit(jax.value_and_grad(lambda p: loss(without, p)))(plain)
+    np.testing.assert_allclose(va, vb, rtol=1e-12)
+    for name in gb:
+        for leaf in gb[name]:
+            np.testing.assert_allclose(ga[name][leaf], gb[name][leaf], rtol=1e-9, atol=1e-12,
+                                       err_msg=f"{name}/{leaf}")
+    for i in range(2):
+        np.testing.assert_allclose(ga[f"Conv_{i}"]["bias"], 0, atol=1e-10)
 
 
 def np_resnet12(params, x):

@@ -17,6 +17,7 @@ from smallsample.train import (
     default_chunks,
     init_state,
     load_checkpoint,
+    load_params,
     make_sampler,
     make_train_step,
     meta_gradient,
@@ -49,19 +50,11 @@ def test_chunked_meta_gradient_equals_plain():
             params, eps, key)
 
     plain = grad_with(1)
-    # conv biases before a batch-statistics norm have a zero true gradient (float noise only):
-    # left out of the comparison
-    def drop_conv_bias(grads):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, g: jnp.zeros_like(g) if "Conv" in jax.tree_util.keystr(path)
-            and "bias" in jax.tree_util.keystr(path) else g, grads)
-
     # 2 chunks of 2 vmapped tasks; 4 chunks of one task (no vmap); the CPU default (= 4)
     for chunks in (2, 4, None):
         chunked = grad_with(chunks)
         chex.assert_trees_all_close(plain[:2], chunked[:2], rtol=1e-5, atol=1e-6)
-        chex.assert_trees_all_close(drop_conv_bias(plain[2]), drop_conv_bias(chunked[2]),
-                                    rtol=1e-4, atol=1e-6)
+        chex.assert_trees_all_close(plain[2], chunked[2], rtol=1e-4, atol=1e-6)
     assert jnp.abs(plain[2]["Conv_0"]["kernel"]).max() > 1e-4  # a non-trivial comparison
     with pytest.raises(ValueError, match="meta-batch 4 is not divisible into 3 chunks"):
         meta_gradient(learner, params, eps, key, chunks=3)
@@ -133,6 +126,21 @@ def test_train_writes_a_run_folder(tmp_path):
     assert res["test_accuracy"] == pytest.approx(mean_ci95(accs).mean)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(TINY, tmp_path / "run", progress=False, data=DATA)
+
+
+def test_a_run_saved_before_conv_bias_existed_resumes_with_its_biases(tmp_path):
+    run = tmp_path / "old"
+    train(TINY.replace(steps=2, conv_bias=True), run, progress=False, data=DATA,
+          log=lambda s: None)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["conv_bias"]  # as written by a version without the setting
+    (run / "config.json").write_text(json.dumps(saved))
+    out = train(TINY.replace(steps=4), run, resume=True, progress=False, data=DATA,
+                log=lambda s: None)
+    assert out.steps == 4
+    assert Config.from_json((run / "config.json").read_text()).conv_bias is True
+    params = load_params(run / "checkpoint.msgpack")
+    assert "bias" in params["Conv_0"]
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -1,9 +1,10 @@
 """Conv-4: the backbone of MAML and prototypical networks.
 
-Four blocks of 3x3 convolution (``width`` filters), batch-statistics BatchNorm and ReLU, then either
-2x2 max-pooling (prototypical networks; MAML's mini-ImageNet variant) or stride-2 convolutions
-(MAML's Omniglot variant, followed by a spatial mean). With ``num_classes`` a linear head follows
-(MAML); without it the module is an embedding (prototypical networks: 64 features for 28x28 input).
+Four blocks of 3x3 convolution (``width`` filters, no bias by default), batch-statistics BatchNorm
+and ReLU, then either 2x2 max-pooling (prototypical networks; MAML's mini-ImageNet variant) or
+stride-2 convolutions (MAML's Omniglot variant, followed by a spatial mean). With ``num_classes`` a
+linear head follows (MAML); without it the module is an embedding (prototypical networks: 64
+features for 28x28 input).
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ class Conv4(nn.Module):
       conv_impl: how convolutions are lowered (see :mod:`smallsample.models.layers`).
       bn_scale_init: ``'ones'`` or ``'uniform'`` (learn2learn's U(0, 1)).
       head_init: ``'normal'`` (learn2learn: N(0, 1)) or ``'lecun'``.
+      conv_bias: a bias on each convolution, as in learn2learn's and the MAML paper's models.
+        The batch-statistics BatchNorm that follows subtracts it again (the mean moves by the
+        bias; the variance does not change), so the network computes the same function without
+        it and its true gradient is zero: only rounding noise reaches it, which Adam then scales
+        up to full-size steps of a parameter that changes nothing. Off by default: its gradients
+        are reductions over every activation, about 4% of a CPU MAML Omniglot 5w1s step in a
+        profile; three A/B runs of the whole step in one process gave 1.12x, 1.01x and 1.04x
+        without it (``benchmarks/README.md``). ``True`` gives the reference models' parameter
+        tree, e.g. to load their weights.
     """
 
     width: int = 64
@@ -41,6 +51,7 @@ class Conv4(nn.Module):
     bn_scale_init: Literal["ones", "uniform"] = "ones"
     head_init: Literal["normal", "lecun"] = "normal"
     blocks: int = 4
+    conv_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -49,7 +60,7 @@ class Conv4(nn.Module):
         scale_init = uniform01 if self.bn_scale_init == "uniform" else nn.initializers.ones
         stride = 2 if self.downsample == "stride" else 1
         for _ in range(self.blocks):
-            x = Conv(self.width, stride=stride, impl=self.conv_impl)(x)
+            x = Conv(self.width, stride=stride, use_bias=self.conv_bias, impl=self.conv_impl)(x)
             x = BatchStatNorm(scale_init=scale_init)(x)
             x = nn.relu(x)
             if self.downsample == "pool":
