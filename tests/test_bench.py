@@ -87,8 +87,6 @@ def test_conv_bias_gives_learn2learns_parameter_tree():
 
 
 def test_default_conv_impl_per_backend():
-    import jax.numpy as jnp
-
     from smallsample.models import onednn
 
     # oneDNN where it builds (float32), else im2col: measured fastest on CPU
@@ -104,9 +102,6 @@ def test_default_conv_impl_per_backend():
 
 
 def test_inner_loop_model_resolves_auto_on_gpu_only():
-    import jax
-    import jax.numpy as jnp
-
     from smallsample import Episode, episode_loss
     from smallsample.learners.maml import maml
     from smallsample.models.conv4 import Conv4
@@ -134,9 +129,6 @@ def test_inner_loop_model_resolves_auto_on_gpu_only():
 @pytest.mark.parametrize("shape,cout,stride,padding,second_order", [
     ((2, 7, 7, 4), 5, 2, 1, True), ((1, 6, 5, 2), 2, 1, 2, False)])
 def test_shift_conv_matches_xla_values_and_gradients(shape, cout, stride, padding, second_order):
-    import jax
-    import jax.numpy as jnp
-
     from smallsample.models.layers import conv2d
 
     with jax.enable_x64(True):
@@ -175,8 +167,6 @@ def test_shift_conv_matches_xla_values_and_gradients(shape, cout, stride, paddin
 
 
 def test_unknown_conv_impl_is_named():
-    import jax.numpy as jnp
-
     from smallsample.models.layers import conv2d
 
     with pytest.raises(ValueError, match="'winograd'"):
