@@ -224,6 +224,26 @@ def measure(name, steps):
             "loadavg": list(os.getloadavg())}
 
 
+def serve(name, warmup):
+    """Lockstep worker for ``paired_l2l.py``: builds ``name``, runs ``warmup`` steps, prints
+    ``@@ready``, then for each ``step`` line on stdin runs one step and prints
+    ``@@ SECONDS LOSS``; ``quit`` or end of input stops it."""
+    step, batch = make_step(name)
+    for _ in range(warmup):
+        step()
+    info = {"framework": "learn2learn", "meta_batch": batch, "torch": torch.__version__,
+            "learn2learn": l2l.__version__, "torch_threads": torch.get_num_threads()}
+    print("@@ready", json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        t0 = time.perf_counter()
+        loss = step()
+        dt = time.perf_counter() - t0
+        print(f"@@ {dt!r} {loss!r}", flush=True)
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("names", nargs="*", help="workloads (default: all)")
@@ -231,6 +251,8 @@ def main(argv=None):
     p.add_argument("--json")
     p.add_argument("--list", action="store_true")
     p.add_argument("--check", action="store_true", help="import check (install_peer.sh)")
+    p.add_argument("--serve", type=int, metavar="WARMUP", help="lockstep worker for "
+                   "paired_l2l.py: one workload, WARMUP untimed steps, then a step per stdin line")
     args = p.parse_args(argv)
     if args.list:
         print("\n".join(WORKLOADS))
@@ -241,6 +263,10 @@ def main(argv=None):
         return 0
     if os.environ.get("L2L_PEER_THREADS"):
         torch.set_num_threads(int(os.environ["L2L_PEER_THREADS"]))
+    if args.serve is not None:
+        if len(args.names) != 1:
+            p.error("--serve takes exactly one workload")
+        return serve(args.names[0], args.serve)
     out = []
     for name in args.names or list(WORKLOADS):
         rec = measure(name, args.steps)

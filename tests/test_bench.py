@@ -234,3 +234,36 @@ def test_hugepage_heap_stops_a_large_block_faulting_in_every_time():
     if procmem.transparent_hugepages() == "madvise":
         assert default > 20_000
     assert huge < 2_000 and huge < default
+
+
+def _paired_l2l():
+    import importlib.util  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "paired_l2l.py"
+    spec = importlib.util.spec_from_file_location("paired_l2l", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_paired_ratios_are_learn2learns_time_over_jaxs():
+    """benchmarks/paired_l2l.py's summary against the statistics module: the ratio is oriented
+    as JAX's speed-up, the interval holds the median, and the share counts pairs at the target."""
+    import statistics  # noqa: PLC0415
+
+    summarise = _paired_l2l().summarise
+    jax_s = [0.8, 1.0, 0.9, 0.85, 1.2, 0.7, 0.95]
+    l2l_s = [1.7, 1.9, 1.6, 1.8, 2.0, 1.5, 1.75]
+    ratios = [b / a for a, b in zip(jax_s, l2l_s, strict=True)]
+    rec = summarise(jax_s, l2l_s, target=2.0)
+    assert rec["pairs"] == 7
+    assert rec["ratio_median"] == pytest.approx(statistics.median(ratios), rel=1e-12)
+    lo, hi = rec["ratio_median_ci95"]
+    assert min(ratios) <= lo <= rec["ratio_median"] <= hi <= max(ratios)
+    assert rec["share_at_target"] == pytest.approx(sum(r >= 2.0 for r in ratios) / 7)
+    assert rec["ratio_of_medians"] == pytest.approx(
+        statistics.median(l2l_s) / statistics.median(jax_s), rel=1e-12)
+    assert rec == summarise(jax_s, l2l_s, target=2.0)  # seeded: the same interval every time
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        summarise(jax_s, l2l_s[:-1], target=2.0)

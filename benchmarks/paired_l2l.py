@@ -1,0 +1,220 @@
+"""smallsample (JAX) vs learn2learn (PyTorch), one step each in lockstep: paired ratios.
+
+``compare_l2l.py`` alternates whole processes (a few steps each), so a ratio there mixes two
+moments of a shared machine whose speed moves by 1.3-1.5x within a minute. Here both sides are
+started once, built and warmed up, and then kept waiting; the driver asks one for a single step,
+then the other, and so on (ABBA order, so a steady drift favours neither). Only one side runs at a
+time. Each pair's ratio (learn2learn's step time / JAX's, the same meta-batch on both sides, so
+JAX's tasks/s over learn2learn's) comes from two steps about a second apart. Reports the median
+of the paired ratios with a bootstrap 95% interval, their quartiles, and the share of pairs at or
+above ``--target``::
+
+    python benchmarks/paired_l2l.py maml-omniglot-5w1s --peer /tmp/l2lvenv/bin/python \\
+        --threads 0 --pairs 40 --json /tmp/paired.json
+
+Both sides train for real (Adam steps on their synthetic data), as in ``compare_l2l.py``, and are
+started the same way (``--threads``, ``--heap``; see that script). Memory is not measured here:
+both processes are resident at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_l2l import ROOT, _env, _pin  # noqa: E402
+
+
+def jax_worker(name: str, warmup: int, conv_impl: str, conv_bias: bool) -> int:
+    """The JAX side of the lockstep protocol (see ``l2l_peer.serve``), in the project's Python."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+    import optax  # noqa: PLC0415
+
+    from smallsample.bench import WORKLOADS, build  # noqa: PLC0415
+    from smallsample.train import default_chunks, init_state, make_train_step  # noqa: PLC0415
+
+    w = WORKLOADS[name]
+    chunks = w.chunks or default_chunks(w.meta_batch)
+    learner, sample, data_np = build(w, conv_impl=conv_impl, conv_bias=conv_bias)
+    optimizer = optax.adam(1e-3)  # as smallsample bench and the peer
+    state = init_state(learner, optimizer, jnp.zeros((2,) + w.image, jnp.float32), 0)
+    data = jnp.asarray(data_np)
+    step = jax.jit(make_train_step(learner, optimizer, sample, batch=w.meta_batch,
+                                   chunks=chunks), donate_argnums=0)
+    compiled = step.lower(state, data).compile()
+    for _ in range(warmup):
+        state, metrics = compiled(state, data)
+        jax.block_until_ready(metrics)
+    info = {"framework": "jax", "meta_batch": w.meta_batch, "chunks": chunks,
+            "conv_impl": conv_impl, "jax": jax.__version__}
+    print("@@ready", json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, data)
+        jax.block_until_ready(metrics)
+        dt = time.perf_counter() - t0
+        print(f"@@ {dt!r} {float(metrics['loss'].mean())!r}", flush=True)
+    return 0
+
+
+class Worker:
+    """A lockstep worker process: ``step()`` -> seconds of one step."""
+
+    def __init__(self, label: str, cmd: list[str], env: dict, threads: int, timeout: float):
+        self.label, self.timeout = label, timeout
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, text=True, env=env, cwd=ROOT,
+                                     preexec_fn=_pin(threads))
+        self.info = json.loads(self._reply("@@ready"))
+
+    def _reply(self, prefix: str) -> str:
+        t0 = time.monotonic()
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:  # the worker exited
+                self.proc.wait()
+                self.err.seek(0)
+                raise RuntimeError(f"{self.label} worker exited with code "
+                                   f"{self.proc.returncode}:\n{self.err.read()[-2000:]}")
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+            if time.monotonic() - t0 > self.timeout:
+                raise TimeoutError(f"{self.label} worker: no reply in {self.timeout:.0f} s")
+
+    def step(self) -> tuple[float, float]:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        seconds, loss = self._reply("@@ ").split()
+        return float(seconds), float(loss)
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.err.close()
+
+
+def summarise(jax_s, l2l_s, target: float, seed: int = 0, resamples: int = 10_000) -> dict:
+    """Paired ratios ``l2l_s[i] / jax_s[i]``: median, bootstrap 95% interval of the median,
+    quartiles, share at or above ``target``, and the ratio of the two medians."""
+    jax_s, l2l_s = np.asarray(jax_s, np.float64), np.asarray(l2l_s, np.float64)
+    if jax_s.shape != l2l_s.shape or jax_s.size == 0:
+        raise ValueError(f"need equal, non-empty step lists, got {jax_s.size} and {l2l_s.size}")
+    r = l2l_s / jax_s
+    rng = np.random.default_rng(seed)
+    boot = np.median(r[rng.integers(0, r.size, (resamples, r.size))], axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    q1, q3 = np.percentile(r, [25, 75])
+    return {"pairs": int(r.size), "ratio_median": float(np.median(r)),
+            "ratio_median_ci95": [float(lo), float(hi)], "ratio_q1": float(q1),
+            "ratio_q3": float(q3), "ratio_min": float(r.min()), "ratio_max": float(r.max()),
+            "share_at_target": float((r >= target).mean()), "target": target,
+            "ratio_of_medians": float(np.median(l2l_s) / np.median(jax_s)),
+            "jax_step_ms_median": 1e3 * float(np.median(jax_s)),
+            "l2l_step_ms_median": 1e3 * float(np.median(l2l_s))}
+
+
+def run_pairs(name: str, args, env: dict) -> dict:
+    here = str(Path(__file__).resolve())
+    jax_cmd = [sys.executable, here, "--worker", name, "--warmup", str(args.warmup),
+               "--conv-impl", args.conv_impl] + (["--conv-bias"] if args.conv_bias else [])
+    l2l_cmd = [args.peer, str(ROOT / "benchmarks" / "l2l_peer.py"), name,
+               "--serve", str(args.warmup)]
+    jw = Worker("jax", jax_cmd, env, args.threads, args.timeout)
+    try:
+        lw = Worker("learn2learn", l2l_cmd, env, args.threads, args.timeout)
+        try:
+            if jw.info["meta_batch"] != lw.info["meta_batch"]:
+                raise RuntimeError(f"{name}: meta-batch {jw.info['meta_batch']} (JAX) against "
+                                   f"{lw.info['meta_batch']} (learn2learn)")
+            jax_s, l2l_s, jax_loss, l2l_loss = [], [], [], []
+            for i in range(args.pairs):
+                order = (jw, lw) if i % 2 == 0 else (lw, jw)
+                for w in order:
+                    s, loss = w.step()
+                    (jax_s if w is jw else l2l_s).append(s)
+                    (jax_loss if w is jw else l2l_loss).append(loss)
+        finally:
+            lw.close()
+    finally:
+        jw.close()
+    rec = {"name": name, **summarise(jax_s, l2l_s, args.target),
+           "jax_step_s": jax_s, "l2l_step_s": l2l_s,
+           "jax_loss_last": jax_loss[-1], "l2l_loss_last": l2l_loss[-1],
+           "jax": jw.info, "l2l": lw.info, "loadavg_after": list(os.getloadavg())}
+    return rec
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("names", nargs="*", default=["maml-omniglot-5w1s"])
+    p.add_argument("--peer", default="/tmp/l2lvenv/bin/python", help="the peer venv's python")
+    p.add_argument("--pairs", type=int, default=30, help="timed steps of each side")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps of each side first")
+    p.add_argument("--threads", type=int, default=0,
+                   help="0: both sides' defaults; N: N threads and N CPUs each (compare_l2l.py)")
+    p.add_argument("--target", type=float, default=2.0, help="ratio to count pairs against")
+    p.add_argument("--conv-impl", default="auto")
+    p.add_argument("--conv-bias", action="store_true")
+    p.add_argument("--heap", choices=["hugepage", "default"], default="hugepage")
+    p.add_argument("--timeout", type=float, default=900, help="seconds a worker may take to "
+                   "start or to answer")
+    p.add_argument("--json")
+    p.add_argument("--worker", metavar="NAME", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return jax_worker(args.worker, args.warmup, args.conv_impl, args.conv_bias)
+    if args.pairs < 1:
+        p.error(f"--pairs must be >= 1, got {args.pairs}")
+    env = _env(args.threads, "")
+    if args.heap == "hugepage":
+        sys.path.insert(0, str(ROOT))
+        from smallsample.procmem import hugepage_env  # noqa: PLC0415
+
+        env = hugepage_env(env)
+    print(f"# load {os.getloadavg()}, threads {args.threads or 'default'}, heap {args.heap}, "
+          f"{args.pairs} pairs after {args.warmup} warm-up steps each", flush=True)
+    rows = []
+    for name in args.names:
+        t0 = time.monotonic()
+        rec = run_pairs(name, args, env)
+        rec["wall_s"] = time.monotonic() - t0
+        lo, hi = rec["ratio_median_ci95"]
+        print(f"{name:<28} ratio median {rec['ratio_median']:.2f} (95% CI {lo:.2f}-{hi:.2f}, "
+              f"quartiles {rec['ratio_q1']:.2f}-{rec['ratio_q3']:.2f}, range "
+              f"{rec['ratio_min']:.2f}-{rec['ratio_max']:.2f}), {100 * rec['share_at_target']:.0f}%"
+              f" of pairs >= {args.target:g}; step ms JAX {rec['jax_step_ms_median']:.0f}, "
+              f"l2l {rec['l2l_step_ms_median']:.0f}; load {rec['loadavg_after'][0]:.1f}",
+              flush=True)
+        rows.append(rec)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": args.threads,
+            "heap": args.heap, "pairs": args.pairs, "warmup": args.warmup,
+            "conv_bias": args.conv_bias, "xla_flags": env["XLA_FLAGS"],
+            "statistic": "median of the paired ratios, bootstrap 95% interval",
+            "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
