@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -78,12 +80,25 @@ class Worker:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, text=True, env=env, cwd=ROOT,
                                      preexec_fn=_pin(threads))
+        # a thread reads the worker's lines, so that waiting for one can time out
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
         self.info = json.loads(self._reply("@@ready"))
 
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put("")  # end of output: the worker exited
+
     def _reply(self, prefix: str) -> str:
-        t0 = time.monotonic()
+        deadline = time.monotonic() + self.timeout
         while True:
-            line = self.proc.stdout.readline()
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.proc.kill()
+                raise TimeoutError(f"{self.label} worker: no reply in {self.timeout:.0f} s "
+                                   "(killed)") from None
             if not line:  # the worker exited
                 self.proc.wait()
                 self.err.seek(0)
@@ -91,8 +106,6 @@ class Worker:
                                    f"{self.proc.returncode}:\n{self.err.read()[-2000:]}")
             if line.startswith(prefix):
                 return line[len(prefix):].strip()
-            if time.monotonic() - t0 > self.timeout:
-                raise TimeoutError(f"{self.label} worker: no reply in {self.timeout:.0f} s")
 
     def step(self) -> tuple[float, float]:
         self.proc.stdin.write("step\n")
