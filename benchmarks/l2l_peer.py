@@ -183,20 +183,20 @@ def make_step(name, steps_hint=None):
     return step, batch
 
 
-def _procmem():
-    """``smallsample/procmem.py`` loaded by path (importing the package would import JAX)."""
+def _load(name, *parts):
+    """The module at ``parts`` under the repository root, loaded by path (importing the
+    ``smallsample`` package would import JAX, which the peer venv does not have)."""
     import importlib.util  # noqa: PLC0415
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "smallsample",
-                        "procmem.py")
-    spec = importlib.util.spec_from_file_location("procmem", path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", *parts)
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def measure(name, steps):
-    procmem = _procmem()
+    procmem = _load("procmem", "smallsample", "procmem.py")
     procmem.release_free_heap()
     rss_imports = procmem.current_rss_mb()
     step, batch = make_step(name)
@@ -225,23 +225,15 @@ def measure(name, steps):
 
 
 def serve(name, warmup):
-    """Lockstep worker for ``paired_l2l.py``: builds ``name``, runs ``warmup`` steps, prints
-    ``@@ready``, then for each ``step`` line on stdin runs one step and prints
-    ``@@ SECONDS LOSS``; ``quit`` or end of input stops it."""
+    """Lockstep worker for ``paired_l2l.py``: builds ``name``, runs ``warmup`` steps, then
+    answers step requests through that script's ``serve``."""
+    paired = _load("paired_l2l", "benchmarks", "paired_l2l.py")
     step, batch = make_step(name)
     for _ in range(warmup):
         step()
     info = {"framework": "learn2learn", "meta_batch": batch, "torch": torch.__version__,
             "learn2learn": l2l.__version__, "torch_threads": torch.get_num_threads()}
-    print("@@ready", json.dumps(info), flush=True)
-    for line in sys.stdin:
-        if line.strip() != "step":
-            break
-        t0 = time.perf_counter()
-        loss = step()
-        dt = time.perf_counter() - t0
-        print(f"@@ {dt!r} {loss!r}", flush=True)
-    return 0
+    return paired.serve(step, info)
 
 
 def main(argv=None):

@@ -36,39 +36,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_l2l import ROOT, _env, _pin  # noqa: E402
 
 
-def jax_worker(name: str, warmup: int, conv_impl: str, conv_bias: bool) -> int:
-    """The JAX side of the lockstep protocol (see ``l2l_peer.serve``), in the project's Python."""
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    import optax  # noqa: PLC0415
-
-    from smallsample.bench import WORKLOADS, build  # noqa: PLC0415
-    from smallsample.train import default_chunks, init_state, make_train_step  # noqa: PLC0415
-
-    w = WORKLOADS[name]
-    chunks = w.chunks or default_chunks(w.meta_batch)
-    learner, sample, data_np = build(w, conv_impl=conv_impl, conv_bias=conv_bias)
-    optimizer = optax.adam(1e-3)  # as smallsample bench and the peer
-    state = init_state(learner, optimizer, jnp.zeros((2,) + w.image, jnp.float32), 0)
-    data = jnp.asarray(data_np)
-    step = jax.jit(make_train_step(learner, optimizer, sample, batch=w.meta_batch,
-                                   chunks=chunks), donate_argnums=0)
-    compiled = step.lower(state, data).compile()
-    for _ in range(warmup):
-        state, metrics = compiled(state, data)
-        jax.block_until_ready(metrics)
-    info = {"framework": "jax", "meta_batch": w.meta_batch, "chunks": chunks,
-            "conv_impl": conv_impl, "jax": jax.__version__}
+def serve(step, info: dict, loss=float) -> int:
+    """A worker's side of the lockstep protocol: prints ``@@ready INFO``, then for each ``step``
+    line on stdin times one ``step()`` (which must finish its work before returning) and prints
+    ``@@ SECONDS LOSS`` (``loss(step's result)``, after the timing); ``quit`` or end of input
+    stops it. ``l2l_peer.py --serve`` runs it with learn2learn's step."""
     print("@@ready", json.dumps(info), flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
             break
         t0 = time.perf_counter()
-        state, metrics = compiled(state, data)
-        jax.block_until_ready(metrics)
+        out = step()
         dt = time.perf_counter() - t0
-        print(f"@@ {dt!r} {float(metrics['loss'].mean())!r}", flush=True)
+        print(f"@@ {dt!r} {loss(out)!r}", flush=True)
     return 0
+
+
+def jax_worker(name: str, warmup: int, conv_impl: str, conv_bias: bool) -> int:
+    """The JAX side: the suite's step (:func:`smallsample.bench.train_step`), in the project's
+    Python."""
+    import jax  # noqa: PLC0415
+
+    from smallsample.bench import WORKLOADS, train_step  # noqa: PLC0415
+    from smallsample.train import default_chunks  # noqa: PLC0415
+
+    w = WORKLOADS[name]
+    step, init, data = train_step(w, conv_impl=conv_impl, conv_bias=conv_bias)
+    state = init()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, data).compile()
+
+    def one_step():
+        nonlocal state
+        state, metrics = compiled(state, data)
+        return jax.block_until_ready(metrics)
+
+    for _ in range(warmup):
+        one_step()
+    info = {"framework": "jax", "meta_batch": w.meta_batch,
+            "chunks": w.chunks or default_chunks(w.meta_batch), "conv_impl": conv_impl,
+            "jax": jax.__version__}
+    return serve(one_step, info, loss=lambda m: float(m["loss"].mean()))
 
 
 class Worker:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -168,6 +169,22 @@ def build(workload: Workload, *, conv_impl: str = "auto", conv_bias: bool = Fals
     return learner, sample, data
 
 
+def train_step(workload: Workload, *, conv_impl: str = "auto", conv_bias: bool = False,
+               mesh=None):
+    """``(step, init, data)`` for ``workload``: its meta-training step (not jitted; Adam at
+    1e-3, as learn2learn's side of the comparisons), ``init()`` -> the initial state, and its
+    synthetic data (:func:`build`) on the device."""
+    from smallsample.train import init_state, make_train_step  # noqa: PLC0415
+
+    learner, sample, data = build(workload, conv_impl=conv_impl, conv_bias=conv_bias)
+    optimizer = optax.adam(1e-3)
+    init = functools.partial(init_state, learner, optimizer,
+                             jnp.zeros((2,) + workload.image, jnp.float32), 0)
+    step = make_train_step(learner, optimizer, sample, mesh=mesh, batch=workload.meta_batch,
+                           chunks=workload.chunks)
+    return step, init, jnp.asarray(data)
+
+
 def _first(x):
     return x[0] if isinstance(x, (list, tuple)) else x
 
@@ -197,7 +214,7 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
     (:func:`smallsample.train.default_chunks`: one task per device at a time on CPU, 1 elsewhere).
     """
     from smallsample.parallel import task_mesh  # noqa: PLC0415
-    from smallsample.train import default_chunks, init_state, make_train_step  # noqa: PLC0415
+    from smallsample.train import default_chunks  # noqa: PLC0415
 
     if chunks is not None:
         workload = dataclasses.replace(workload, chunks=chunks)
@@ -209,19 +226,14 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
         raise ValueError(f"steps must be >= 1, got {steps}")
     release_free_heap()
     rss_imports = current_rss_mb()
-    learner, sample, data_np = build(workload, conv_impl=conv_impl, conv_bias=conv_bias)
     mesh = None
     if devices > 1:
         if devices > jax.device_count():
             raise ValueError(f"--devices {devices} but only {jax.device_count()} are visible")
         mesh = task_mesh(jax.devices()[:devices])
-    optimizer = optax.adam(1e-3)
-    example = jnp.zeros((2,) + workload.image, jnp.float32)
-    state = init_state(learner, optimizer, example, 0)
-    data = jnp.asarray(data_np)
-    step = jax.jit(make_train_step(learner, optimizer, sample, mesh=mesh,
-                                   batch=workload.meta_batch, chunks=workload.chunks),
-                   donate_argnums=0)
+    step, init, data = train_step(workload, conv_impl=conv_impl, conv_bias=conv_bias, mesh=mesh)
+    state = init()
+    step = jax.jit(step, donate_argnums=0)
     hits = []
     listener = lambda event, **_: hits.append(event == "/jax/compilation_cache/cache_hits")
     jax.monitoring.register_event_listener(listener)
@@ -241,10 +253,9 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
         # and cuBLAS's products): count the same step with im2col convolutions instead, from its
         # lowered program (uncompiled: 3-7% below the compiled count on CPU for the suite's
         # workloads)
-        ref_learner, ref_sample, _ = build(workload, conv_impl="im2col", conv_bias=conv_bias)
-        ref_step = jax.jit(make_train_step(ref_learner, optimizer, ref_sample, mesh=mesh,
-                                           batch=workload.meta_batch, chunks=workload.chunks))
-        cost = _first(ref_step.lower(state, data).cost_analysis()) or {}
+        ref_step, _, _ = train_step(workload, conv_impl="im2col", conv_bias=conv_bias,
+                                    mesh=mesh)
+        cost = _first(jax.jit(ref_step).lower(state, data).cost_analysis()) or {}
         flops, flops_source, per_device = float(cost.get("flops", 0.0)), "im2col lowering", False
     if workload.chunks > 1:
         # XLA's cost analysis counts a loop body once; the chunk loop holds nearly all the work
