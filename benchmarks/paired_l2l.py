@@ -205,11 +205,14 @@ def main(argv=None) -> int:
     if args.pairs < 1:
         p.error(f"--pairs must be >= 1, got {args.pairs}")
     env = _env(args.threads, "")
+    sys.path.insert(0, str(ROOT))
+    from smallsample.bench import cpu_info  # noqa: PLC0415
     if args.heap == "hugepage":
-        sys.path.insert(0, str(ROOT))
         from smallsample.procmem import hugepage_env  # noqa: PLC0415
 
         env = hugepage_env(env)
+    cpu = cpu_info()
+    print(f"# {cpu['cpu_model']} ({' '.join(cpu['cpu_vector_isa'] or [])})", flush=True)
     print(f"# load {os.getloadavg()}, threads {args.threads or 'default'}, heap {args.heap}, "
           f"{args.pairs} pairs after {args.warmup} warm-up steps each", flush=True)
     rows = []
@@ -232,6 +235,7 @@ def main(argv=None) -> int:
             "heap": args.heap, "pairs": args.pairs, "warmup": args.warmup,
             "conv_bias": args.conv_bias, "xla_flags": env["XLA_FLAGS"],
             "statistic": "median of the paired ratios, bootstrap 95% interval",
+            **cpu,
             "rows": rows}, indent=2) + "\n")
     return 0
 

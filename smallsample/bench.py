@@ -311,6 +311,33 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
     return rec
 
 
+#: The vector extensions a CPU's speed here depends on, as ``/proc/cpuinfo`` names them.
+VECTOR_ISA = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_fp16", "asimd", "sve", "sve2")
+
+
+def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
+    """The CPU's model name and which of :data:`VECTOR_ISA` it has, from ``cpuinfo`` (Linux;
+    elsewhere ``platform.processor()`` and no list). The same code runs at different speeds, and
+    in different ratios to PyTorch, on an AVX2 and an AVX-512 machine (``benchmarks/README.md``),
+    so a record says which it ran on."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return {"cpu_model": platform.processor() or None, "cpu_vector_isa": None}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:  # the first processor's block is enough
+                break
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return {"cpu_model": fields.get("model name") or fields.get("CPU part") or None,
+            "cpu_vector_isa": [f for f in VECTOR_ISA if f in flags]}
+
+
 def environment() -> dict[str, Any]:
     """Device kind, platform, versions, flags and load: what a measurement depends on."""
     import flax  # noqa: PLC0415
@@ -322,7 +349,7 @@ def environment() -> dict[str, Any]:
         "device_count": jax.device_count(), "process_count": jax.process_count(),
         "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
         "optax": optax.__version__, "numpy": np.__version__, "python": platform.python_version(),
-        "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "machine": platform.machine(), **cpu_info(), "cpu_count": os.cpu_count(),
         "loadavg": list(os.getloadavg()), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "malloc_hugepages": hugepage_heap(), "transparent_hugepages": transparent_hugepages(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

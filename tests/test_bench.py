@@ -16,13 +16,31 @@ from smallsample import bench
 from smallsample.train import default_chunks
 
 
+def test_cpu_info_reads_the_first_processor(tmp_path):
+    block = ("processor\t: {n}\nvendor_id\t: AuthenticAMD\nmodel name\t: {model}\n"
+             "flags\t\t: fpu sse2 avx2 fma avx512f avx512bw avx512_vnni {extra}\n\n")
+    path = tmp_path / "cpuinfo"
+    path.write_text(block.format(n=0, model="AMD EPYC 9B14", extra="avx") +
+                    block.format(n=1, model="another", extra="amx_tile"))
+    info = bench.cpu_info(path)
+    assert info == {"cpu_model": "AMD EPYC 9B14",
+                    "cpu_vector_isa": ["avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"]}
+    # an AVX2-only machine (as the earlier sessions' EPYC) lists no AVX-512
+    path.write_text(block.format(n=0, model="AMD EPYC 7B12", extra="").replace(
+        " avx512f avx512bw avx512_vnni", ""))
+    assert bench.cpu_info(path)["cpu_vector_isa"] == ["avx2", "fma"]
+    missing = bench.cpu_info(tmp_path / "absent")
+    assert missing["cpu_vector_isa"] is None
+
+
 def test_quick_run_writes_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     rc = bench.main(["--quick", "--only", "quick-maml", "--steps", "2", "--json", str(path)])
     assert rc == 0
     out = json.loads(path.read_text())
     env = out["environment"]
-    for key in ("device_kind", "platform", "jax", "jaxlib", "device_count", "loadavg"):
+    for key in ("device_kind", "platform", "jax", "jaxlib", "device_count", "loadavg",
+                "cpu_model", "cpu_vector_isa"):
         assert key in env
     (rec,) = out["results"]
     assert rec["name"] == "quick-maml" and rec["meta_batch"] == 2
