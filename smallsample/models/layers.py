@@ -67,7 +67,9 @@ def inner_loop_model(model, backend: str | None = None):
 # positions (n * Ho * Wo); below it oneDNN's per-call cost outweighs its speed. Forward and
 # backward of one 3x3, 64-filter layer, oneDNN over im2col (2-core CPU,
 # benchmarks/bench_conv_onednn.py): 2.1-2.2x at 14,700-78,400 positions, 1.5-1.8x at 4,900,
-# 1.1x at 3,675, 0.9-1.0x at 900-1,225, 0.6-0.8x at 20-980.
+# 1.1x at 3,675, 0.9-1.0x at 900-1,225, 0.6-0.8x at 20-980. On an AVX-512 CPU oneDNN wins lower
+# (1.25-1.35x at 900-1,200 positions), but whole MAML 5w1s and ProtoNet steps with the threshold
+# at 800-1,000 were no faster there (1.004x, 1.010x; benchmarks/README.md), so it stays.
 ONEDNN_MIN_POSITIONS = 2048
 
 
