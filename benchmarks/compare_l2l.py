@@ -102,12 +102,15 @@ def main(argv=None) -> int:
     p.add_argument("--json")
     args = p.parse_args(argv)
     env = _env(args.threads, args.xla_flags)
+    sys.path.insert(0, str(ROOT))
+    from smallsample.bench import cpu_info  # noqa: PLC0415
     if args.heap == "hugepage":
-        sys.path.insert(0, str(ROOT))
         from smallsample.procmem import hugepage_env  # noqa: PLC0415
 
         env = hugepage_env(env)
     rows = []
+    cpu = cpu_info()
+    print(f"# {cpu['cpu_model']} ({' '.join(cpu['cpu_vector_isa'] or [])})", flush=True)
     print(f"# load {os.getloadavg()}, threads {args.threads or 'default'}, heap {args.heap}, "
           f"XLA_FLAGS={env['XLA_FLAGS']!r}", flush=True)
     for name in args.names:
@@ -164,7 +167,8 @@ def main(argv=None) -> int:
                                                "compile_cache": args.compile_cache,
                                                "heap": args.heap,
                                                "conv_bias": args.conv_bias,
-                                               "xla_flags": env["XLA_FLAGS"], "rows": rows},
+                                               "xla_flags": env["XLA_FLAGS"], **cpu,
+                                               "rows": rows},
                                               indent=2) + "\n")
     return 0
 
