@@ -52,6 +52,17 @@ def _env(threads: int, xla_extra: str) -> dict:
     return env
 
 
+def _cpu() -> dict:
+    """This machine's CPU (:func:`smallsample.bench.cpu_info`), printed as a header line, for a
+    comparison's JSON: the ratios differ between AVX2 and AVX-512 machines."""
+    sys.path.insert(0, str(ROOT))
+    from smallsample.bench import cpu_info  # noqa: PLC0415
+
+    cpu = cpu_info()
+    print(f"# {cpu['cpu_model']} ({' '.join(cpu['cpu_vector_isa'] or [])})", flush=True)
+    return cpu
+
+
 def _pin(threads: int):
     """``preexec_fn`` confining the child to ``threads`` CPUs (None: no pinning).
 
@@ -102,15 +113,13 @@ def main(argv=None) -> int:
     p.add_argument("--json")
     args = p.parse_args(argv)
     env = _env(args.threads, args.xla_flags)
-    sys.path.insert(0, str(ROOT))
-    from smallsample.bench import cpu_info  # noqa: PLC0415
     if args.heap == "hugepage":
+        sys.path.insert(0, str(ROOT))
         from smallsample.procmem import hugepage_env  # noqa: PLC0415
 
         env = hugepage_env(env)
     rows = []
-    cpu = cpu_info()
-    print(f"# {cpu['cpu_model']} ({' '.join(cpu['cpu_vector_isa'] or [])})", flush=True)
+    cpu = _cpu()
     print(f"# load {os.getloadavg()}, threads {args.threads or 'default'}, heap {args.heap}, "
           f"XLA_FLAGS={env['XLA_FLAGS']!r}", flush=True)
     for name in args.names:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_l2l import ROOT, _env, _pin  # noqa: E402
+from compare_l2l import ROOT, _cpu, _env, _pin  # noqa: E402
 
 
 def serve(step, info: dict, loss=float) -> int:
@@ -205,14 +205,12 @@ def main(argv=None) -> int:
     if args.pairs < 1:
         p.error(f"--pairs must be >= 1, got {args.pairs}")
     env = _env(args.threads, "")
-    sys.path.insert(0, str(ROOT))
-    from smallsample.bench import cpu_info  # noqa: PLC0415
     if args.heap == "hugepage":
+        sys.path.insert(0, str(ROOT))
         from smallsample.procmem import hugepage_env  # noqa: PLC0415
 
         env = hugepage_env(env)
-    cpu = cpu_info()
-    print(f"# {cpu['cpu_model']} ({' '.join(cpu['cpu_vector_isa'] or [])})", flush=True)
+    cpu = _cpu()
     print(f"# load {os.getloadavg()}, threads {args.threads or 'default'}, heap {args.heap}, "
           f"{args.pairs} pairs after {args.warmup} warm-up steps each", flush=True)
     rows = []
