@@ -83,7 +83,11 @@ json.dump(out, open(path, "w"))
 def _env(devices: int, conv_impl: str = "im2col") -> dict:
     env = dict(os.environ)
     env["SMALLSAMPLE_TEST_CONV_IMPL"] = conv_impl
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # the caller's other XLA flags (e.g. --xla_cpu_max_isa=AVX2) are kept; only the device count
+    # is this test's
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
