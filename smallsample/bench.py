@@ -31,11 +31,19 @@ of the right shape (speed does not depend on pixel values). For each workload th
   the environment records ``malloc_hugepages`` and the kernel's ``transparent_hugepages`` mode;
 - the device kind, platform, device count, versions, ``XLA_FLAGS`` and the load average.
 
+After the workloads the suite measures the device's float32 matrix-product speed
+(:func:`matmul_peak`: an ``n x n`` product, 2048 on CPU and 8192 on accelerators, at the default
+precision the steps use; ``matmul_peak`` in the JSON) and gives each workload its
+``fraction_of_matmul_peak``: ``achieved_gflop_per_s`` over that median. Achieved FLOP/s alone
+says little across machines; a step's share of what the same device does on one large product
+says how much is left. Measured last, so that its buffers are not in any workload's
+``rss_peak_mb``; ``--no-peak`` skips it.
+
 Usage::
 
     smallsample bench [--quick] [--only NAME ...] [--steps N] [--chunks N] [--devices N]
                       [--conv-impl auto|xla|im2col|shift|onednn] [--conv-bias] [--json PATH]
-                      [--list] [--compile-cache DIR]
+                      [--list] [--compile-cache DIR] [--no-peak]
 
 ``--quick`` runs tiny versions of two workloads (a smoke test, not a measurement).
 """
@@ -356,13 +364,43 @@ def environment() -> dict[str, Any]:
     }
 
 
+def matmul_peak(n: int | None = None, *, repeats: int = 10) -> dict[str, Any]:
+    """The default device's speed on one ``n x n`` float32 matrix product (jitted ``jnp.matmul``
+    at the default precision, the steps' own; on GPUs that may mean TF32): ``2 n**3`` FLOP over
+    the median (``matmul_gflop_per_s``) and the fastest (``..._best``) of ``repeats`` timed calls
+    after a warm-up. ``n``: 2048 on CPU (a product that runs at the BLAS-level peak there),
+    8192 on accelerators."""
+    if n is None:
+        n = 2048 if jax.default_backend() == "cpu" else 8192
+    if not isinstance(n, int) or n < 1 or repeats < 1:
+        raise ValueError(f"matmul_peak needs n >= 1 and repeats >= 1, got n={n!r}, "
+                         f"repeats={repeats!r}")
+    ab = jax.random.normal(jax.random.key(0), (2, n, n), jnp.float32)
+    a, b = ab[0], ab[1]
+    product = jax.jit(jnp.matmul).lower(a, b).compile()
+    jax.block_until_ready(product(a, b))  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(product(a, b))
+        times.append(time.perf_counter() - t0)
+    gflop = 2.0 * n**3 / 1e9
+    med = statistics.median(times)
+    return {"matmul_n": n, "matmul_dtype": "float32", "matmul_repeats": repeats,
+            "matmul_ms_median": 1e3 * med, "matmul_gflop_per_s": gflop / med,
+            "matmul_gflop_per_s_best": gflop / min(times)}
+
+
 def run_suite(workloads: list[Workload], *, steps: int = 5, conv_impl: str = "auto",
               devices: int = 1, chunks: int | None = None, conv_bias: bool = False, log=print,
-              on_record=None) -> dict[str, Any]:
-    """Measures ``workloads`` in order; returns ``{'environment': ..., 'results': [...]}``.
+              on_record=None, peak: bool = True, peak_n: int | None = None) -> dict[str, Any]:
+    """Measures ``workloads`` in order; returns ``{'environment': ..., 'results': [...]}``,
+    and with ``peak`` (:func:`matmul_peak` of size ``peak_n``, measured after them)
+    ``'matmul_peak'`` and each record's ``fraction_of_matmul_peak``.
 
     ``on_record(out)``, if given, is called after each workload with the results so far (the
-    command line rewrites its JSON then, so a suite stopped part-way keeps what it measured)."""
+    command line rewrites its JSON then, so a suite stopped part-way keeps what it measured),
+    and once more with the peak."""
     out: dict[str, Any] = {"environment": environment(), "results": []}
     for w in workloads:
         try:
@@ -372,6 +410,21 @@ def run_suite(workloads: list[Workload], *, steps: int = 5, conv_impl: str = "au
             rec = {"name": w.name, "error": f"{type(e).__name__}: {e}"}
         out["results"].append(rec)
         log(format_record(rec))
+        if on_record is not None:
+            on_record(out)
+    if peak:
+        out["matmul_peak"] = mm = matmul_peak(peak_n)
+        shares = []
+        for rec in out["results"]:
+            if "achieved_gflop_per_s" in rec:
+                rec["fraction_of_matmul_peak"] = rec["achieved_gflop_per_s"] / mm[
+                    "matmul_gflop_per_s"]
+                shares.append(rec["fraction_of_matmul_peak"])
+        log(f"# float32 {mm['matmul_n']}x{mm['matmul_n']} matrix product: "
+            f"{mm['matmul_gflop_per_s']:.1f} GFLOP/s (median of {mm['matmul_repeats']}; best "
+            f"{mm['matmul_gflop_per_s_best']:.1f})"
+            + (f"; the workloads ran at {100 * min(shares):.0f}-{100 * max(shares):.0f}% of it"
+               if shares else ""))
         if on_record is not None:
             on_record(out)
     return out
@@ -408,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
                    "persistent compilation cache at DIR (default: off, cold compilation is "
                    "measured); a cached step's compile_s is the load time and compilation's "
                    "memory is not in rss_peak_mb")
+    p.add_argument("--no-peak", action="store_true", help="skip the float32 matrix-product "
+                   "measurement after the workloads (each workload's fraction_of_matmul_peak)")
     args = p.parse_args(argv)
     if args.compile_cache:
         from smallsample.cli import use_compile_cache  # noqa: PLC0415
@@ -440,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     out = run_suite(workloads, steps=args.steps, conv_impl=args.conv_impl, devices=args.devices,
                     chunks=args.chunks, conv_bias=args.conv_bias,
                     log=lambda s: print(s, flush=True),
-                    on_record=write if args.json else None)
+                    on_record=write if args.json else None, peak=not args.no_peak,
+                    peak_n=256 if args.quick else None)
     return 1 if any("error" in r for r in out["results"]) else 0
 
 

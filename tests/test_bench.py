@@ -56,7 +56,37 @@ def test_quick_run_writes_json(tmp_path, capsys):
     assert rec["conv_impl"].startswith(f"auto: {bench.default_conv_impl()}")
     assert rec["chunks"] == default_chunks(2)  # the backend's default, resolved and recorded
     assert 0 < rec["rss_imports_mb"] <= rec["rss_run_mb"] <= rec["rss_peak_mb"]
-    assert "quick-maml" in capsys.readouterr().out
+    # the matrix product measured after the workloads (--quick: 256x256), and the step's share
+    mm = out["matmul_peak"]
+    assert mm["matmul_n"] == 256 and mm["matmul_gflop_per_s"] > 0
+    np.testing.assert_allclose(rec["fraction_of_matmul_peak"],
+                               rec["achieved_gflop_per_s"] / mm["matmul_gflop_per_s"], rtol=1e-12)
+    printed = capsys.readouterr().out
+    assert "quick-maml" in printed and "256x256 matrix product" in printed
+
+
+def test_matmul_peak_counts_the_published_flops():
+    n = 192
+    mm = bench.matmul_peak(n, repeats=3)
+    # 2 n^3 FLOP (n^3 multiply-adds), the count XLA's cost analysis gives the same product, so
+    # the peak and the steps' achieved FLOP/s are counted alike
+    a = jnp.zeros((n, n), jnp.float32)
+    cost = bench._first(jax.jit(jnp.matmul).lower(a, a).compile().cost_analysis())
+    assert cost["flops"] == 2 * n**3
+    np.testing.assert_allclose(mm["matmul_gflop_per_s"],
+                               2 * n**3 / 1e9 / (mm["matmul_ms_median"] / 1e3), rtol=1e-12)
+    assert mm["matmul_gflop_per_s_best"] >= mm["matmul_gflop_per_s"] > 0
+    assert mm["matmul_repeats"] == 3 and mm["matmul_dtype"] == "float32"
+    with pytest.raises(ValueError, match="n=0"):
+        bench.matmul_peak(0)
+
+
+def test_no_peak_skips_the_product(tmp_path):
+    path = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--only", "quick-maml", "--steps", "1", "--no-peak",
+                       "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert "matmul_peak" not in out and "fraction_of_matmul_peak" not in out["results"][0]
 
 
 def test_suite_reports_each_workload_as_it_finishes():
@@ -65,8 +95,12 @@ def test_suite_reports_each_workload_as_it_finishes():
     bad = bench.Workload("quick-bad", "maml", "no-such-backbone", (12, 12, 1), 3, 1, 2, 2)
     seen = []
     out = bench.run_suite([bench.QUICK[0], bad], steps=1, log=lambda s: None,
-                          on_record=lambda o: seen.append([r["name"] for r in o["results"]]))
-    assert seen == [["quick-maml"], ["quick-maml", "quick-bad"]]
+                          on_record=lambda o: seen.append([r["name"] for r in o["results"]]),
+                          peak_n=64)
+    # and once more when the matrix product has been measured
+    assert seen == [["quick-maml"], ["quick-maml", "quick-bad"], ["quick-maml", "quick-bad"]]
+    assert "fraction_of_matmul_peak" in out["results"][0]
+    assert "fraction_of_matmul_peak" not in out["results"][1]  # the failed one has no speed
     assert "step_ms_median" in out["results"][0]
     assert "no-such-backbone" in out["results"][1]["error"]
 
