@@ -13,8 +13,9 @@ of the right shape (speed does not depend on pixel values). For each workload th
   same step lowered with im2col convolutions), and
   ``achieved_gflop_per_s`` = that divided by the median step time. XLA counts a loop body once:
   for ``chunks > 1`` the count is scaled by the number of chunks, and for a step sharded over
-  ``devices`` (one program per device) by the number of devices; the inner loop of MAML is a
-  ``lax.scan``, so with ``inner_steps > 1`` the count (and the FLOP/s) is a lower bound;
+  ``devices`` (one program per device) by the number of devices; MAML's inner loop is a
+  ``lax.scan`` too, so with ``inner_steps > 1`` the count is taken from the same step with
+  that loop unrolled (``flops_source`` says which count was used);
 - memory: XLA's ``memory_analysis()`` of the step (temporaries, arguments, outputs), the device's
   ``peak_bytes_in_use`` where the backend reports it (GPUs; ``device_peak_mb``, the peak since the
   process started, so per workload only for the first of a process), the process's peak resident
@@ -141,10 +142,12 @@ QUICK = [
 ]
 
 
-def build(workload: Workload, *, conv_impl: str = "auto", conv_bias: bool = False):  # noqa: C901
+def build(workload: Workload, *, conv_impl: str = "auto", conv_bias: bool = False,  # noqa: C901
+          unroll: int | bool = 1):
     """``(learner, sample, data)`` for ``workload``; ``data`` is synthetic uint8
     ``[num_classes, per_class, H, W, C]``. ``conv_bias``: Conv-4 with a bias on each convolution
-    (learn2learn's parameters; the same function, see :class:`~smallsample.models.conv4.Conv4`)."""
+    (learn2learn's parameters; the same function, see :class:`~smallsample.models.conv4.Conv4`).
+    ``unroll``: the MAML family's inner-loop unrolling (:func:`smallsample.learners.maml.maml`)."""
     from smallsample.learners.maml import maml  # noqa: PLC0415
     from smallsample.learners.protonet import protonet  # noqa: PLC0415
     from smallsample.models.conv4 import Conv4  # noqa: PLC0415
@@ -167,7 +170,8 @@ def build(workload: Workload, *, conv_impl: str = "auto", conv_bias: bool = Fals
         learner = protonet(model, w.ways)
     elif w.learner in ("maml", "fomaml", "anil"):
         learner = maml(model, w.ways, inner_steps=w.inner_steps, inner_lr=w.inner_lr,
-                       first_order=w.learner == "fomaml", head_only=w.learner == "anil")
+                       first_order=w.learner == "fomaml", head_only=w.learner == "anil",
+                       unroll=unroll)
     else:
         raise ValueError(f"unknown learner {w.learner!r}")
     sample = make_sampler(meta_batch=w.meta_batch, ways=w.ways, shots=w.shots,
@@ -178,13 +182,14 @@ def build(workload: Workload, *, conv_impl: str = "auto", conv_bias: bool = Fals
 
 
 def train_step(workload: Workload, *, conv_impl: str = "auto", conv_bias: bool = False,
-               mesh=None):
+               mesh=None, unroll: int | bool = 1):
     """``(step, init, data)`` for ``workload``: its meta-training step (not jitted; Adam at
     1e-3, as learn2learn's side of the comparisons), ``init()`` -> the initial state, and its
     synthetic data (:func:`build`) on the device."""
     from smallsample.train import init_state, make_train_step  # noqa: PLC0415
 
-    learner, sample, data = build(workload, conv_impl=conv_impl, conv_bias=conv_bias)
+    learner, sample, data = build(workload, conv_impl=conv_impl, conv_bias=conv_bias,
+                                  unroll=unroll)
     optimizer = optax.adam(1e-3)
     init = functools.partial(init_state, learner, optimizer,
                              jnp.zeros((2,) + workload.image, jnp.float32), 0)
@@ -256,15 +261,18 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
     flops, flops_source, per_device = float(cost.get("flops", 0.0)), "compiled", True
     impl = (default_conv_impl(per_task=workload.learner != "protonet") if conv_impl == "auto"
             else conv_impl)
-    if impl == "onednn" or jax.default_backend() != "cpu":
+    unrolled = workload.inner_steps > 1 and workload.learner != "protonet"
+    if impl == "onednn" or jax.default_backend() != "cpu" or unrolled:
         # XLA does not count the FLOPs of custom calls (oneDNN's; on GPUs cuDNN's convolutions
         # and cuBLAS's products): count the same step with im2col convolutions instead, from its
         # lowered program (uncompiled: 3-7% below the compiled count on CPU for the suite's
-        # workloads)
+        # workloads). It counts a loop's body once, so an inner loop of several steps is
+        # unrolled there (the same computation; only the count is taken from it).
         ref_step, _, _ = train_step(workload, conv_impl="im2col", conv_bias=conv_bias,
-                                    mesh=mesh)
+                                    mesh=mesh, unroll=True if unrolled else 1)
         cost = _first(jax.jit(ref_step).lower(state, data).cost_analysis()) or {}
-        flops, flops_source, per_device = float(cost.get("flops", 0.0)), "im2col lowering", False
+        flops, per_device = float(cost.get("flops", 0.0)), False
+        flops_source = "im2col lowering" + (", inner loop unrolled" if unrolled else "")
     if workload.chunks > 1:
         # XLA's cost analysis counts a loop body once; the chunk loop holds nearly all the work
         # (the optimiser update outside it is negligible), so scale by the trip count.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -79,6 +80,19 @@ def test_matmul_peak_counts_the_published_flops():
     assert mm["matmul_repeats"] == 3 and mm["matmul_dtype"] == "float32"
     with pytest.raises(ValueError, match="n=0"):
         bench.matmul_peak(0)
+
+
+def test_flops_count_every_inner_step():
+    # XLA counts a loop's body once; the count is taken from the step with MAML's inner loop
+    # unrolled, so each inner step adds the same FLOPs (to the few additions where the backward
+    # pass accumulates)
+    recs = [bench.measure(dataclasses.replace(bench.QUICK[0], inner_steps=k), steps=1)
+            for k in (1, 2, 3)]
+    assert "unrolled" not in recs[0]["flops_source"]
+    assert all("inner loop unrolled" in r["flops_source"] for r in recs[1:])
+    g = [r["gflop_per_step"] for r in recs]
+    assert g[1] > g[0]
+    np.testing.assert_allclose(g[2] - g[1], g[1] - g[0], rtol=0.02)
 
 
 def test_no_peak_skips_the_product(tmp_path):

@@ -50,6 +50,11 @@ def _check_steps(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a non-negative int (it shapes the scan), got {value!r}")
 
 
+def _check_unroll(unroll) -> None:
+    if not isinstance(unroll, (bool, int)) or (not isinstance(unroll, bool) and unroll < 1):
+        raise ValueError(f"unroll must be True, False or an int >= 1, got {unroll!r}")
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy of ``logits [n, ways]`` against integer ``labels [n]``."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -63,7 +68,7 @@ def sgd_step(params: PyTree, grads: PyTree, lrs: Any) -> PyTree:
 
 
 def inner_loop(loss_fn: Callable[[PyTree], jax.Array], params: PyTree, lrs: Any, *, steps: int,
-               first_order: bool = False, remat: bool = False) -> PyTree:
+               first_order: bool = False, remat: bool = False, unroll: int | bool = 1) -> PyTree:
     """``steps`` steps of gradient descent ``p <- p - lrs * grad loss_fn(p)`` as a ``lax.scan``.
 
     Args:
@@ -75,11 +80,16 @@ def inner_loop(loss_fn: Callable[[PyTree], jax.Array], params: PyTree, lrs: Any,
         parameters then have an identity Jacobian with respect to ``params``.
       remat: wrap the step in ``jax.checkpoint`` so that the backward pass recomputes the inner
         step's activations instead of storing them (less memory, about one more forward per step).
+      unroll: ``lax.scan``'s: how many steps each loop iteration runs (``True``: all of them, no
+        loop). The same numbers; a fully unrolled loop lets XLA schedule and fuse across steps
+        (at a longer compile), and its cost analysis then counts every step, where it counts a
+        loop's body once.
 
     Returns:
       The adapted parameters, same structure as ``params``.
     """
     _check_steps("steps", steps)
+    _check_unroll(unroll)
 
     def step(p, _):
         g = jax.grad(loss_fn)(p)
@@ -89,7 +99,7 @@ def inner_loop(loss_fn: Callable[[PyTree], jax.Array], params: PyTree, lrs: Any,
 
     if remat:
         step = jax.checkpoint(step)
-    adapted, _ = jax.lax.scan(step, params, None, length=steps)
+    adapted, _ = jax.lax.scan(step, params, None, length=steps, unroll=unroll)
     return adapted
 
 
@@ -114,7 +124,7 @@ def _dense(head: Params, features: jax.Array) -> jax.Array:
 
 def maml(model: nn.Module, ways: int, *, inner_steps: int = 1, inner_lr: float = 0.4,
          first_order: bool = False, learn_inner_lr: bool = False, head_only: bool = False,
-         remat: bool = False, name: str | None = None) -> Learner:
+         remat: bool = False, unroll: int | bool = 1, name: str | None = None) -> Learner:
     """MAML, first-order MAML, Meta-SGD and ANIL over a flax ``model`` with a head over ``ways``.
 
     Args:
@@ -129,6 +139,7 @@ def maml(model: nn.Module, ways: int, *, inner_steps: int = 1, inner_lr: float =
         rate per parameter entry (of the head only when ``head_only``).
       head_only: ANIL: adapt only ``params['head']``; the body runs once on the support set.
       remat: ``jax.checkpoint`` the inner step (memory for compute; same numbers).
+      unroll: the inner loop's ``lax.scan`` unrolling (:func:`inner_loop`; same numbers).
       name: for logs; defaults to the method's usual name.
 
     Returns:
@@ -137,6 +148,7 @@ def maml(model: nn.Module, ways: int, *, inner_steps: int = 1, inner_lr: float =
       ``predict`` gives logits ``[n_query, ways]``.
     """
     _check_steps("inner_steps", inner_steps)
+    _check_unroll(unroll)
     model = inner_loop_model(model)
     if name is None:
         name = ("meta-sgd" if learn_inner_lr else "anil" if head_only else
@@ -175,7 +187,7 @@ def maml(model: nn.Module, ways: int, *, inner_steps: int = 1, inner_lr: float =
             loss_fn = lambda p: cross_entropy(model.apply({"params": p}, support_x), support_y)
             start = model_params
         return inner_loop(loss_fn, start, lrs, steps=inner_steps, first_order=first_order,
-                          remat=remat)
+                          remat=remat, unroll=unroll)
 
     def predict(params, adapted, query_x):
         model_params, _ = split(params)
