@@ -35,7 +35,8 @@ of the right shape (speed does not depend on pixel values). For each workload th
 After the workloads the suite measures the device's float32 matrix-product speed
 (:func:`matmul_peak`: an ``n x n`` product, 2048 on CPU and 8192 on accelerators, at the default
 precision the steps use; ``matmul_peak`` in the JSON) and gives each workload its
-``fraction_of_matmul_peak``: ``achieved_gflop_per_s`` over that median. Achieved FLOP/s alone
+``fraction_of_matmul_peak``: ``achieved_gflop_per_s`` over that median (times the devices a
+sharded step ran on, on accelerators; :func:`peak_share`). Achieved FLOP/s alone
 says little across machines; a step's share of what the same device does on one large product
 says how much is left. Measured last, so that its buffers are not in any workload's
 ``rss_peak_mb``; ``--no-peak`` skips it.
@@ -399,6 +400,16 @@ def matmul_peak(n: int | None = None, *, repeats: int = 10) -> dict[str, Any]:
             "matmul_gflop_per_s_best": gflop / min(times)}
 
 
+def peak_share(rec: dict[str, Any], peak: dict[str, Any], backend: str | None = None) -> float:
+    """A record's ``achieved_gflop_per_s`` over what its devices do on :func:`matmul_peak`'s
+    product: one device's figure times the devices it ran on, except on CPU, whose host devices
+    (``--xla_force_host_platform_device_count``) share the cores that one device's product
+    already uses."""
+    backend = backend or jax.default_backend()
+    devices = rec.get("devices", 1) if backend != "cpu" else 1
+    return rec["achieved_gflop_per_s"] / (peak["matmul_gflop_per_s"] * devices)
+
+
 def run_suite(workloads: list[Workload], *, steps: int = 5, conv_impl: str = "auto",
               devices: int = 1, chunks: int | None = None, conv_bias: bool = False, log=print,
               on_record=None, peak: bool = True, peak_n: int | None = None) -> dict[str, Any]:
@@ -425,8 +436,7 @@ def run_suite(workloads: list[Workload], *, steps: int = 5, conv_impl: str = "au
         shares = []
         for rec in out["results"]:
             if "achieved_gflop_per_s" in rec:
-                rec["fraction_of_matmul_peak"] = rec["achieved_gflop_per_s"] / mm[
-                    "matmul_gflop_per_s"]
+                rec["fraction_of_matmul_peak"] = peak_share(rec, mm)
                 shares.append(rec["fraction_of_matmul_peak"])
         log(f"# float32 {mm['matmul_n']}x{mm['matmul_n']} matrix product: "
             f"{mm['matmul_gflop_per_s']:.1f} GFLOP/s (median of {mm['matmul_repeats']}; best "

@@ -95,6 +95,14 @@ def test_flops_count_every_inner_step():
     np.testing.assert_allclose(g[2] - g[1], g[1] - g[0], rtol=0.02)
 
 
+def test_peak_share_counts_each_accelerator_once():
+    rec, peak = {"achieved_gflop_per_s": 300.0, "devices": 4}, {"matmul_gflop_per_s": 200.0}
+    assert bench.peak_share(rec, peak, "gpu") == pytest.approx(300 / 800)
+    # CPU host devices share the cores that one device's product already used
+    assert bench.peak_share(rec, peak, "cpu") == pytest.approx(1.5)
+    assert bench.peak_share({"achieved_gflop_per_s": 50.0}, peak, "tpu") == pytest.approx(0.25)
+
+
 def test_no_peak_skips_the_product(tmp_path):
     path = tmp_path / "bench.json"
     assert bench.main(["--quick", "--only", "quick-maml", "--steps", "1", "--no-peak",
