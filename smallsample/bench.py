@@ -400,6 +400,11 @@ def matmul_peak(n: int | None = None, *, repeats: int = 10) -> dict[str, Any]:
             "matmul_gflop_per_s_best": gflop / min(times)}
 
 
+def _percent_range(xs: list[float]) -> str:
+    lo, hi = f"{100 * min(xs):.0f}", f"{100 * max(xs):.0f}"
+    return f"{lo}%" if lo == hi else f"{lo}-{hi}%"
+
+
 def peak_share(rec: dict[str, Any], peak: dict[str, Any], backend: str | None = None) -> float:
     """A record's ``achieved_gflop_per_s`` over what its devices do on :func:`matmul_peak`'s
     product: one device's figure times the devices it ran on, except on CPU, whose host devices
@@ -441,8 +446,7 @@ def run_suite(workloads: list[Workload], *, steps: int = 5, conv_impl: str = "au
         log(f"# float32 {mm['matmul_n']}x{mm['matmul_n']} matrix product: "
             f"{mm['matmul_gflop_per_s']:.1f} GFLOP/s (median of {mm['matmul_repeats']}; best "
             f"{mm['matmul_gflop_per_s_best']:.1f})"
-            + (f"; the workloads ran at {100 * min(shares):.0f}-{100 * max(shares):.0f}% of it"
-               if shares else ""))
+            + (f"; the workloads ran at {_percent_range(shares)} of it" if shares else ""))
         if on_record is not None:
             on_record(out)
     return out
