@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     for name in args.names:
         jax_runs, l2l_runs = [], []
         jax_cmd = ([sys.executable, "-m", "smallsample.bench", "--only", name, "--steps",
-                    str(args.steps), "--conv-impl", args.conv_impl]
+                    str(args.steps), "--conv-impl", args.conv_impl, "--no-peak"]
                    + (["--chunks", str(args.chunks)] if args.chunks else [])
                    + (["--conv-bias"] if args.conv_bias else [])
                    + (["--compile-cache", args.compile_cache] if args.compile_cache else []))
