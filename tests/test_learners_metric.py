@@ -109,6 +109,42 @@ def test_protonet_norm_modes_equal_numpy(norm):
         np.testing.assert_allclose(single, logits, rtol=1e-10, atol=1e-12)
 
 
+class OnePassNormEmbed(NormEmbed):
+    EXAMPLES_MEET_ONLY_IN_BATCH_STAT_NORM = True
+
+
+def test_one_pass_training_gradient_equals_embedding_apart():
+    """``task_grad`` (support and queries embedded as one batch, normalised in segments) gives the
+    loss of the NumPy 'separate' reference and the gradient of adapt + predict."""
+    from smallsample.episodes import Episode
+    from smallsample.learners.base import episode_loss
+
+    sx, sy, qx = data(5)
+    qy = jnp.asarray(np.repeat(np.arange(3), 4))
+    ep = Episode(sx, sy, qx, qy)
+    one = protonet(OnePassNormEmbed(), 3)
+    apart = protonet(OnePassNormEmbed(), 3, one_pass=False)
+    assert one.task_grad is not None and apart.task_grad is None
+    assert protonet(NormEmbed(), 3).task_grad is None  # a model that does not say so
+    params = draw_params(one, sx)
+    loss, acc, grads = jax.jit(one.task_grad)(params, ep, jax.random.key(0))
+    (loss2, acc2), grads2 = jax.jit(jax.value_and_grad(
+        lambda p: episode_loss(apart, p, ep, jax.random.key(0)), has_aux=True))(params)
+    es, eq = np_norm_embed(params, sx, sx), np_norm_embed(params, qx, qx)
+    protos = np.stack([es[np.asarray(sy) == k].mean(0) for k in range(3)])
+    logits = -((eq[:, None, :] - protos[None]) ** 2).sum(-1)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    np.testing.assert_allclose(loss, -logp[np.arange(12), np.asarray(qy)].mean(), rtol=1e-12)
+    np.testing.assert_allclose(acc, (logits.argmax(1) == np.asarray(qy)).mean())
+    np.testing.assert_allclose(loss2, loss, rtol=1e-12)
+    assert acc2 == acc
+    for g, g2 in zip(jax.tree.leaves(grads), jax.tree.leaves(grads2), strict=True):
+        np.testing.assert_allclose(g, g2, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="norm='joint'"):
+        protonet(OnePassNormEmbed(), 3, norm="joint", one_pass=True)
+
+
 def test_protonet_rejects_unknown_norm():
     with pytest.raises(ValueError, match="unknown norm 'batch'"):
         protonet(NormEmbed(), 3, norm="batch")

@@ -303,3 +303,44 @@ def test_batch_stat_norm_equals_float64_numpy_with_large_means(offset):
     np.testing.assert_allclose(np.asarray(gx), np.asarray(rx), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(np.asarray(gp["scale"]), np.asarray(rs), rtol=1e-8)
     np.testing.assert_allclose(np.asarray(gp["bias"]), np.asarray(rb), rtol=1e-8)
+
+
+def test_batch_stat_norm_segments_equal_each_segment_alone():
+    """A batch of three concatenated batches normalised in segments (float64): the values and
+    gradients of applying the layer to each alone, through a spatial Conv-4 block too."""
+    from smallsample.models.conv4 import Conv4
+    from smallsample.models.layers import BatchStatNorm, segmented_batch_stats
+
+    rng = np.random.default_rng(4)
+    sizes = (2, 5, 3)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal((10, 6, 6, 3)) * 2 + 1)
+        parts = jnp.split(x, [2, 7])
+        p = {"scale": jnp.asarray(rng.uniform(0.5, 1.5, 3)),
+             "bias": jnp.asarray(rng.normal(size=3))}
+        norm = BatchStatNorm()
+        y = norm.apply({"params": p}, x, segments=sizes)
+        alone = jnp.concatenate([norm.apply({"params": p}, part) for part in parts])
+        np.testing.assert_allclose(y, alone, rtol=1e-13, atol=1e-13)
+        w = jnp.asarray(rng.standard_normal(x.shape))
+        g = jax.grad(lambda x, p: jnp.sum(jnp.sin(norm.apply({"params": p}, x, segments=sizes))
+                                          * w), argnums=(0, 1))(x, p)
+        g_alone = jax.grad(lambda x, p: jnp.sum(jnp.sin(jnp.concatenate(
+            [norm.apply({"params": p}, part) for part in jnp.split(x, [2, 7])])) * w),
+            argnums=(0, 1))(x, p)
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_alone), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+
+        model = Conv4(width=4, blocks=2, conv_impl="im2col")
+        params = model.init(jax.random.key(0), x)["params"]
+        with segmented_batch_stats(sizes):
+            z = model.apply({"params": params}, x)
+        z_alone = jnp.concatenate([model.apply({"params": params}, part) for part in parts])
+        np.testing.assert_allclose(z, z_alone, rtol=1e-12, atol=1e-12)
+        # without segments the whole batch's statistics give other numbers
+        assert not np.allclose(model.apply({"params": params}, x), z_alone, atol=1e-6)
+
+        with pytest.raises(ValueError, match=r"segments \(2, 5\) do not split a batch of 10"):
+            norm.apply({"params": p}, x, segments=(2, 5))
+        with pytest.raises(ValueError, match="norm_stats"):
+            norm.apply({"params": p}, x, segments=sizes, mutable=["norm_stats"])

@@ -32,7 +32,8 @@ class Learner(NamedTuple):
       adapt: ``(params, support_x, support_y, key) -> task_state``.
       predict: ``(params, task_state, query_x) -> logits [num_query, ways]``.
       task_grad: optional ``(params, episode, key) -> (loss, accuracy, grads)`` for learners
-        whose meta-gradient is not the plain gradient of :func:`episode_loss` (Reptile, iMAML).
+        whose meta-gradient is not the plain gradient of :func:`episode_loss` (Reptile, iMAML),
+        or that compute that gradient another way (prototypical networks in one pass).
       name: a short name for logs.
     """
 
@@ -47,10 +48,13 @@ def episode_loss(learner: Learner, params: Params, episode: Episode,
                  key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Query cross-entropy after adapting to the support set; returns ``(loss, accuracy)``."""
     state = learner.adapt(params, episode.support_x, episode.support_y, key)
-    logits = learner.predict(params, state, episode.query_x)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, episode.query_y).mean()
-    acc = (jnp.argmax(logits, -1) == episode.query_y).mean()
-    return loss, acc
+    return query_metrics(learner.predict(params, state, episode.query_x), episode.query_y)
+
+
+def query_metrics(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean softmax cross-entropy and accuracy of ``logits [n, ways]`` against ``labels [n]``."""
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, (jnp.argmax(logits, -1) == labels).mean()
 
 
 def task_loss_and_grad(learner: Learner, params: Params, episode: Episode,

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from smallsample.episodes import Episode
-from smallsample.learners.base import Learner
+from smallsample.learners.base import Learner, query_metrics
 from smallsample.models.layers import inner_loop_model
 
 Params = Any
@@ -217,10 +217,6 @@ def _plain(model: nn.Module, ways: int) -> tuple[Callable, Callable, Callable]:
     return init, support_loss, predict
 
 
-def _query_metrics(logits, labels):
-    return cross_entropy(logits, labels), (jnp.argmax(logits, -1) == labels).mean()
-
-
 def reptile(model: nn.Module, ways: int, *, inner_steps: int = 5, inner_lr: float = 0.001,
             name: str = "reptile") -> Learner:
     """Reptile (Nichol et al. 2018): the outer "gradient" of a task is ``params - adapted``.
@@ -240,7 +236,7 @@ def reptile(model: nn.Module, ways: int, *, inner_steps: int = 5, inner_lr: floa
 
     def task_grad(params, episode: Episode, key):
         adapted = jax.lax.stop_gradient(adapt(params, episode.support_x, episode.support_y, key))
-        loss, acc = _query_metrics(predict(params, adapted, episode.query_x), episode.query_y)
+        loss, acc = query_metrics(predict(params, adapted, episode.query_x), episode.query_y)
         return loss, acc, jax.tree.map(jnp.subtract, params, adapted)
 
     return Learner(init=init, adapt=adapt, predict=predict, task_grad=task_grad, name=name)
@@ -340,7 +336,7 @@ def imaml(model: nn.Module, ways: int, *, inner_steps: int = 16, inner_lr: float
 
     def task_grad(params, episode: Episode, key):
         del key
-        outer = lambda phi: _query_metrics(predict(params, phi, episode.query_x), episode.query_y)
+        outer = lambda phi: query_metrics(predict(params, phi, episode.query_x), episode.query_y)
         _, loss, acc, grads = implicit_meta_grad(
             support_loss(episode.support_x, episode.support_y), outer, params, lam=lam,
             inner_steps=inner_steps, inner_lr=inner_lr, cg_steps=cg_steps)

@@ -9,7 +9,7 @@ features for 28x28 input).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import flax.linen as nn
 import jax
@@ -43,6 +43,11 @@ class Conv4(nn.Module):
         without it (``benchmarks/maml_model_ab.py``, ``benchmarks/README.md``). ``True`` gives
         the reference models' parameter tree, e.g. to load their weights.
     """
+
+    #: examples meet only in BatchStatNorm (convolutions, pooling and the head act per example),
+    #: so a batch of several concatenated batches can be normalised in segments
+    #: (:func:`smallsample.models.layers.segmented_batch_stats`)
+    EXAMPLES_MEET_ONLY_IN_BATCH_STAT_NORM: ClassVar[bool] = True
 
     width: int = 64
     downsample: Literal["pool", "stride"] = "pool"

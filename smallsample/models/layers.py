@@ -15,6 +15,7 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ConvImpl = Literal["auto", "xla", "im2col", "shift", "onednn"]
 Initializer = Callable[..., jax.Array]
@@ -186,14 +187,35 @@ class BatchStatNorm(nn.Module):
     applied with ``mutable=['norm_stats']`` the layer stores the mean and variance of its batch;
     applied with a ``'norm_stats'`` collection in its variables it normalises with those instead of
     its own batch's (e.g. a query set normalised like the support set it is compared with).
+
+    ``segments`` (static sizes summing to the batch) normalises each run of consecutive examples
+    with its own statistics: the same numbers as applying the layer to each segment alone, in one
+    pass over one batch (:func:`segmented_batch_stats` sets it from outside a model).
     """
 
     epsilon: float = 1e-5
     scale_init: Initializer = nn.initializers.ones
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if self.has_variable("norm_stats", "mean") and not self.is_mutable_collection(
+    def __call__(self, x: jax.Array, segments: tuple[int, ...] | None = None) -> jax.Array:
+        if segments is not None:
+            if sum(segments) != x.shape[0] or min(segments) < 1:
+                raise ValueError(f"segments {tuple(segments)} do not split a batch of "
+                                 f"{x.shape[0]} examples")
+            if self.has_variable("norm_stats", "mean") or self.is_mutable_collection(
+                    "norm_stats"):
+                raise ValueError("segments normalise with each segment's own statistics; they "
+                                 "cannot be combined with carried 'norm_stats'")
+            bounds = [int(b) for b in np.cumsum(segments)[:-1]]
+            moments = [batch_moments(part) for part in jnp.split(x, bounds)]
+            per_example = (1,) * (x.ndim - 2) + (x.shape[-1],)
+
+            def spread(stats):  # [C] per segment -> [n, 1, ..., C], each example its segment's
+                return jnp.concatenate([jnp.broadcast_to(s, (n,) + per_example)
+                                        for s, n in zip(stats, segments, strict=True)])
+
+            mean, var = spread([m for m, _ in moments]), spread([v for _, v in moments])
+        elif self.has_variable("norm_stats", "mean") and not self.is_mutable_collection(
                 "norm_stats"):
             mean = self.get_variable("norm_stats", "mean")
             var = self.get_variable("norm_stats", "var")
@@ -207,6 +229,19 @@ class BatchStatNorm(nn.Module):
         # the per-channel factor first: one subtract and multiply-add per element (not
         # x * factor + (bias - mean * factor), which cancels when the mean is large)
         return (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+
+
+def segmented_batch_stats(segments: tuple[int, ...]):
+    """A context (``flax.linen.intercept_methods``) under which every :class:`BatchStatNorm` of a
+    model is applied with ``segments``: a model whose examples meet only in those layers then maps
+    a batch made of several concatenated batches exactly as it maps each alone, in one pass."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        if isinstance(context.module, BatchStatNorm) and context.method_name == "__call__":
+            return next_fun(*args, **{**kwargs, "segments": tuple(segments)})
+        return next_fun(*args, **kwargs)
+
+    return nn.intercept_methods(interceptor)
 
 
 def batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -14,7 +14,7 @@ inside MAML's inner loop); DropBlock and dropout are not implemented.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import flax.linen as nn
 import jax
@@ -58,6 +58,11 @@ class ResNet12(nn.Module):
       num_classes: if set, a linear head named ``head`` over this many classes (for MAML/ANIL).
       conv_impl: how convolutions are lowered (see :mod:`smallsample.models.layers`).
     """
+
+    #: examples meet only in BatchStatNorm (convolutions, pooling and the head act per example),
+    #: so a batch of several concatenated batches can be normalised in segments
+    #: (:func:`smallsample.models.layers.segmented_batch_stats`)
+    EXAMPLES_MEET_ONLY_IN_BATCH_STAT_NORM: ClassVar[bool] = True
 
     widths: Sequence[int] = (64, 160, 320, 640)
     pool: Literal["flatten", "avg"] = "flatten"
