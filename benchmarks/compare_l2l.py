@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # smallsample, for the helpers imported where they are used
 DEFAULT = ["maml-omniglot-5w1s", "fomaml-omniglot-5w1s", "anil-omniglot-5w1s",
            "maml-omniglot-5w5s", "maml-omniglot-5w1s-5steps", "protonet-omniglot-5w5s-b1",
            "protonet-omniglot-5w5s-b32"]
@@ -55,7 +56,6 @@ def _env(threads: int, xla_extra: str) -> dict:
 def _cpu() -> dict:
     """This machine's CPU (:func:`smallsample.bench.cpu_info`), printed as a header line, for a
     comparison's JSON: the ratios differ between AVX2 and AVX-512 machines."""
-    sys.path.insert(0, str(ROOT))
     from smallsample.bench import cpu_info  # noqa: PLC0415
 
     cpu = cpu_info()
@@ -114,7 +114,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     env = _env(args.threads, args.xla_flags)
     if args.heap == "hugepage":
-        sys.path.insert(0, str(ROOT))
         from smallsample.procmem import hugepage_env  # noqa: PLC0415
 
         env = hugepage_env(env)

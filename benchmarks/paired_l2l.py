@@ -206,7 +206,6 @@ def main(argv=None) -> int:
         p.error(f"--pairs must be >= 1, got {args.pairs}")
     env = _env(args.threads, "")
     if args.heap == "hugepage":
-        sys.path.insert(0, str(ROOT))
         from smallsample.procmem import hugepage_env  # noqa: PLC0415
 
         env = hugepage_env(env)

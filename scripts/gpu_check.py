@@ -279,11 +279,11 @@ def _row(row: dict) -> str:
 def _format_row(row: dict) -> str:
     if "error" in row:
         return f"{row['name']}: ERROR {row['error'][:200]}"
+    share = (f"({100 * row['fraction_of_matmul_peak']:.0f}% of a float32 product) "
+             if "fraction_of_matmul_peak" in row else "")
     return (f"{row['name']:<28} {row['tasks_per_s']:9.1f} tasks/s {row['step_ms_median']:8.2f} "
             f"ms [{row['step_ms_min']:.2f}-{row['step_ms_max']:.2f}] compile "
-            f"{row['compile_s']:5.1f} s {row['achieved_gflop_per_s']:8.1f} GFLOP/s "
-            + (f"({100 * row['fraction_of_matmul_peak']:.0f}% of a float32 product) "
-               if "fraction_of_matmul_peak" in row else "") + "dev "
+            f"{row['compile_s']:5.1f} s {row['achieved_gflop_per_s']:8.1f} GFLOP/s {share}dev "
             f"{row.get('device_peak_mb', float('nan')):.0f} MB ({row['conv_impl']})")
 
 

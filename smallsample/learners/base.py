@@ -51,10 +51,14 @@ def episode_loss(learner: Learner, params: Params, episode: Episode,
     return query_metrics(learner.predict(params, state, episode.query_x), episode.query_y)
 
 
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of ``logits [n, ways]`` against integer ``labels [n]``."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
 def query_metrics(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean softmax cross-entropy and accuracy of ``logits [n, ways]`` against ``labels [n]``."""
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, (jnp.argmax(logits, -1) == labels).mean()
+    return cross_entropy(logits, labels), (jnp.argmax(logits, -1) == labels).mean()
 
 
 def task_loss_and_grad(learner: Learner, params: Params, episode: Episode,

@@ -35,10 +35,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from smallsample.episodes import Episode
-from smallsample.learners.base import Learner, query_metrics
+from smallsample.learners.base import Learner, cross_entropy, query_metrics
 from smallsample.models.layers import inner_loop_model
 
 Params = Any
@@ -53,11 +52,6 @@ def _check_steps(name: str, value: int) -> None:
 def _check_unroll(unroll) -> None:
     if not isinstance(unroll, (bool, int)) or (not isinstance(unroll, bool) and unroll < 1):
         raise ValueError(f"unroll must be True, False or an int >= 1, got {unroll!r}")
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy of ``logits [n, ways]`` against integer ``labels [n]``."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def sgd_step(params: PyTree, grads: PyTree, lrs: Any) -> PyTree:

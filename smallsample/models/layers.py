@@ -207,14 +207,15 @@ class BatchStatNorm(nn.Module):
                 raise ValueError("segments normalise with each segment's own statistics; they "
                                  "cannot be combined with carried 'norm_stats'")
             bounds = [int(b) for b in np.cumsum(segments)[:-1]]
-            moments = [batch_moments(part) for part in jnp.split(x, bounds)]
+            means, variances = zip(*(batch_moments(part) for part in jnp.split(x, bounds)),
+                                   strict=True)
             per_example = (1,) * (x.ndim - 2) + (x.shape[-1],)
 
             def spread(stats):  # [C] per segment -> [n, 1, ..., C], each example its segment's
                 return jnp.concatenate([jnp.broadcast_to(s, (n,) + per_example)
                                         for s, n in zip(stats, segments, strict=True)])
 
-            mean, var = spread([m for m, _ in moments]), spread([v for _, v in moments])
+            mean, var = spread(means), spread(variances)
         elif self.has_variable("norm_stats", "mean") and not self.is_mutable_collection(
                 "norm_stats"):
             mean = self.get_variable("norm_stats", "mean")
