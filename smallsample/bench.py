@@ -258,8 +258,9 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
     finally:
         jax.monitoring.unregister_event_listener(listener)
     cost = _first(compiled.cost_analysis()) or {}
-    # the compiled program is one device's; a lowered (unpartitioned) one is the whole step's
-    flops, flops_source, per_device = float(cost.get("flops", 0.0)), "compiled", True
+    # one device's share: the meta-gradient is a shard_map whose body (compiled or lowered) is
+    # one device's tasks (the sampling outside it is negligible)
+    flops, flops_source = float(cost.get("flops", 0.0)), "compiled"
     impl = (default_conv_impl(per_task=workload.learner != "protonet") if conv_impl == "auto"
             else conv_impl)
     unrolled = workload.inner_steps > 1 and workload.learner != "protonet"
@@ -272,13 +273,13 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
         ref_step, _, _ = train_step(workload, conv_impl="im2col", conv_bias=conv_bias,
                                     mesh=mesh, unroll=True if unrolled else 1)
         cost = _first(jax.jit(ref_step).lower(state, data).cost_analysis()) or {}
-        flops, per_device = float(cost.get("flops", 0.0)), False
+        flops = float(cost.get("flops", 0.0))
         flops_source = "im2col lowering" + (", inner loop unrolled" if unrolled else "")
     if workload.chunks > 1:
         # XLA's cost analysis counts a loop body once; the chunk loop holds nearly all the work
         # (the optimiser update outside it is negligible), so scale by the trip count.
         flops, flops_source = flops * workload.chunks, flops_source + " x chunks"
-    if devices > 1 and per_device:  # a sharded step compiles to one program per device
+    if devices > 1:
         flops, flops_source = flops * devices, flops_source + " x devices"
     rss_compiled = peak_rss_mb()
     reset_peak_rss()  # from here: what running the step needs, not what compiling it needed
