@@ -52,16 +52,23 @@ def serve(step, info: dict, loss=float) -> int:
     return 0
 
 
-def jax_worker(name: str, warmup: int, conv_impl: str, conv_bias: bool) -> int:
+def jax_worker(name: str, warmup: int, conv_impl: str, conv_bias: bool, devices: int = 1) -> int:
     """The JAX side: the suite's step (:func:`smallsample.bench.train_step`), in the project's
-    Python."""
+    Python; its meta-batch split over ``devices`` host devices (the driver sets their number)."""
+    import dataclasses  # noqa: PLC0415
+
     import jax  # noqa: PLC0415
 
     from smallsample.bench import WORKLOADS, train_step  # noqa: PLC0415
+    from smallsample.parallel import task_mesh  # noqa: PLC0415
     from smallsample.train import default_chunks  # noqa: PLC0415
 
     w = WORKLOADS[name]
-    step, init, data = train_step(w, conv_impl=conv_impl, conv_bias=conv_bias)
+    mesh = None
+    if devices > 1:
+        mesh = task_mesh(jax.devices()[:devices])
+        w = dataclasses.replace(w, chunks=default_chunks(w.meta_batch, devices))
+    step, init, data = train_step(w, conv_impl=conv_impl, conv_bias=conv_bias, mesh=mesh)
     state = init()
     compiled = jax.jit(step, donate_argnums=0).lower(state, data).compile()
 
@@ -74,7 +81,7 @@ def jax_worker(name: str, warmup: int, conv_impl: str, conv_bias: bool) -> int:
         one_step()
     info = {"framework": "jax", "meta_batch": w.meta_batch,
             "chunks": w.chunks or default_chunks(w.meta_batch), "conv_impl": conv_impl,
-            "jax": jax.__version__}
+            "devices": devices, "jax": jax.__version__}
     return serve(one_step, info, loss=lambda m: float(m["loss"].mean()))
 
 
@@ -154,11 +161,25 @@ def summarise(jax_s, l2l_s, target: float, seed: int = 0, resamples: int = 10_00
 
 def run_pairs(name: str, args, env: dict) -> dict:
     here = str(Path(__file__).resolve())
+    # imported here: l2l_peer.py loads this file for serve() in the peer's Python, without JAX
+    from smallsample.bench import WORKLOADS  # noqa: PLC0415
+    from smallsample.parallel import auto_devices, split_devices  # noqa: PLC0415
+
+    w = WORKLOADS[name]
+    if args.devices:
+        devices = split_devices(w.meta_batch, args.devices)
+    else:  # what training does on this many cores (smallsample.cli.cpu_devices_per_core)
+        cores = args.threads or len(os.sched_getaffinity(0))
+        devices = auto_devices(w.meta_batch, w.ways * (w.shots + w.queries) * int(np.prod(w.image)),
+                               cores, "cpu")
     jax_cmd = [sys.executable, here, "--worker", name, "--warmup", str(args.warmup),
-               "--conv-impl", args.conv_impl] + (["--conv-bias"] if args.conv_bias else [])
+               "--conv-impl", args.conv_impl, "--devices", str(devices)] + (
+                   ["--conv-bias"] if args.conv_bias else [])
     l2l_cmd = [args.peer, str(ROOT / "benchmarks" / "l2l_peer.py"), name,
                "--serve", str(args.warmup)]
-    jw = Worker("jax", jax_cmd, env, args.threads, args.timeout)
+    jax_env = dict(env, XLA_FLAGS=" ".join(
+        [env["XLA_FLAGS"], f"--xla_force_host_platform_device_count={devices}"]).strip())
+    jw = Worker("jax", jax_cmd, jax_env, args.threads, args.timeout)
     try:
         lw = Worker("learn2learn", l2l_cmd, env, args.threads, args.timeout)
         try:
@@ -197,11 +218,16 @@ def main(argv=None) -> int:
     p.add_argument("--heap", choices=["hugepage", "default"], default="hugepage")
     p.add_argument("--timeout", type=float, default=900, help="seconds a worker may take to "
                    "start or to answer")
+    p.add_argument("--devices", type=int, default=0,
+                   help="the JAX side's meta-batch split over at most this many CPU devices (the "
+                        "most that divide it); 0: as training does by default, one device per "
+                        "core (--threads N: N cores) for tasks of small episodes "
+                        "(smallsample.parallel.auto_devices); 1: not split")
     p.add_argument("--json")
     p.add_argument("--worker", metavar="NAME", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        return jax_worker(args.worker, args.warmup, args.conv_impl, args.conv_bias)
+        return jax_worker(args.worker, args.warmup, args.conv_impl, args.conv_bias, args.devices)
     if args.pairs < 1:
         p.error(f"--pairs must be >= 1, got {args.pairs}")
     env = _env(args.threads, "")
@@ -230,7 +256,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": args.threads,
             "heap": args.heap, "pairs": args.pairs, "warmup": args.warmup,
-            "conv_bias": args.conv_bias, "xla_flags": env["XLA_FLAGS"],
+            "conv_bias": args.conv_bias, "xla_flags": env["XLA_FLAGS"], "devices": args.devices,
             "statistic": "median of the paired ratios, bootstrap 95% interval",
             **cpu,
             "rows": rows}, indent=2) + "\n")

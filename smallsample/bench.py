@@ -219,17 +219,29 @@ def _memory(compiled) -> dict[str, Any]:
 
 
 def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
-            devices: int = 1, chunks: int | None = None, conv_bias: bool = False
+            devices: int | None = 1, chunks: int | None = None, conv_bias: bool = False
             ) -> dict[str, Any]:
     """Compiles and times one workload; returns a JSON-ready record (see module docstring).
+
+    ``devices``: the meta-batch is split over the most of the first ``devices`` devices that
+    divide it (:func:`smallsample.parallel.split_devices`); ``None``: as training's default
+    (:func:`smallsample.parallel.auto_devices`, on CPU out of every CPU device). The record's
+    ``devices`` says how many it ran on.
 
     ``chunks`` overrides the workload's: the meta-batch runs as that many sequential groups of
     vmapped tasks (``meta_gradient(chunks=...)``); 0 or ``None``: the backend's default
     (:func:`smallsample.train.default_chunks`: one task per device at a time on CPU, 1 elsewhere).
     """
-    from smallsample.parallel import task_mesh  # noqa: PLC0415
+    from smallsample.parallel import auto_devices, split_devices, task_mesh  # noqa: PLC0415
     from smallsample.train import default_chunks  # noqa: PLC0415
 
+    if devices is None:
+        w = workload
+        devices = auto_devices(w.meta_batch, w.ways * (w.shots + w.queries) * int(np.prod(w.image)),
+                               jax.local_device_count(), jax.default_backend())
+    if devices > jax.device_count():
+        raise ValueError(f"--devices {devices} but only {jax.device_count()} are visible")
+    devices = split_devices(workload.meta_batch, devices)
     if chunks is not None:
         workload = dataclasses.replace(workload, chunks=chunks)
     if not workload.chunks:
@@ -242,8 +254,6 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
     rss_imports = current_rss_mb()
     mesh = None
     if devices > 1:
-        if devices > jax.device_count():
-            raise ValueError(f"--devices {devices} but only {jax.device_count()} are visible")
         mesh = task_mesh(jax.devices()[:devices])
     step, init, data = train_step(workload, conv_impl=conv_impl, conv_bias=conv_bias, mesh=mesh)
     state = init()
@@ -417,7 +427,8 @@ def peak_share(rec: dict[str, Any], peak: dict[str, Any], backend: str | None = 
 
 
 def run_suite(workloads: list[Workload], *, steps: int = 5, conv_impl: str = "auto",
-              devices: int = 1, chunks: int | None = None, conv_bias: bool = False, log=print,
+              devices: int | None = 1, chunks: int | None = None, conv_bias: bool = False,
+              log=print,
               on_record=None, peak: bool = True, peak_n: int | None = None) -> dict[str, Any]:
     """Measures ``workloads`` in order; returns ``{'environment': ..., 'results': [...]}``,
     and with ``peak`` (:func:`matmul_peak` of size ``peak_n``, measured after them)
@@ -475,7 +486,11 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["auto", "xla", "im2col", "shift", "onednn"])
     p.add_argument("--chunks", type=int, help="sequential chunks of the meta-batch (default: "
                    "the backend's, one task at a time on CPU; 1: all tasks vmapped)")
-    p.add_argument("--devices", type=int, default=1, help="shard the meta-batch over N devices")
+    p.add_argument("--devices", type=int, help="split the meta-batch over at most N devices "
+                   "(the most that divide it); default: as training does "
+                   "(smallsample.parallel.auto_devices: on CPU, over the CPU devices, one per "
+                   "core as the smallsample command sets them up, for tasks of small episodes; "
+                   "elsewhere 1)")
     p.add_argument("--conv-bias", action="store_true", help="Conv-4 with a bias on each "
                    "convolution, as learn2learn's (the same function: BatchNorm cancels it)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
@@ -491,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         from smallsample.cli import use_compile_cache  # noqa: PLC0415
 
         use_compile_cache(args.compile_cache)
+    if args.devices is not None and args.devices < 1:
+        p.error(f"--devices must be >= 1, got {args.devices}")
     if args.list:
         for w in WORKLOADS.values():
             print(f"{w.name:<30} {w.learner} {w.backbone} {w.image} {w.ways}w{w.shots}s "
@@ -524,4 +541,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from smallsample.cli import cpu_devices_per_core
+
+    cpu_devices_per_core()
     sys.exit(main())

@@ -32,7 +32,15 @@ from smallsample.data.files import atomic_write_bytes
 from smallsample.episodes import Episode, sample_meta_batch, to_float
 from smallsample.evaluate import Result, evaluate, make_eval_fn
 from smallsample.learners.base import Learner, task_loss_and_grad
-from smallsample.parallel import AXIS, check_divisible, shard_tasks
+from smallsample.parallel import (
+    AXIS,
+    auto_devices,
+    check_divisible,
+    replicated,
+    shard_tasks,
+    split_devices,
+    task_mesh,
+)
 
 
 class TrainState(NamedTuple):
@@ -195,6 +203,36 @@ def _repeated_steps(loss_and_grad, optimizer, steps_per_call: int):
     return step
 
 
+def train_devices(config: Config, image_shape: tuple[int, ...], backend: str | None = None,
+                  available: int | None = None) -> int:
+    """How many of this process's devices :func:`train` splits the meta-batch over.
+
+    ``config.devices`` N: the most devices, at most N, that divide the meta-batch
+    (:func:`smallsample.parallel.split_devices`). 0 (auto):
+    :func:`smallsample.parallel.auto_devices`, on CPU out of every CPU device (the
+    ``smallsample`` command makes one per core, :func:`smallsample.cli.cpu_devices_per_core`).
+    ``image_shape``: one example's ``(H, W, C)``.
+    """
+    backend = backend or jax.default_backend()
+    available = jax.local_device_count() if available is None else available
+    if config.devices < 0:
+        raise ValueError(f"devices={config.devices} must be >= 0 (0: auto)")
+    if config.devices > available:
+        raise ValueError(f"devices={config.devices} but this process sees only {available} "
+                         f"{backend} device(s)")
+    if config.devices:
+        return split_devices(config.meta_batch, config.devices)
+    values = (config.effective_train_ways * (config.effective_train_shots + config.train_queries)
+              * int(np.prod(image_shape)))
+    return auto_devices(config.meta_batch, values, available, backend)
+
+
+def _one_device(tree):
+    """``tree`` on the first device only: evaluation of replicated parameters would otherwise run
+    on every device of their mesh, the same work on each."""
+    return jax.device_put(tree, jax.local_devices()[0])
+
+
 def make_pretrain_step(pretrainer, optimizer: optax.GradientTransformation, *, batch: int,
                        steps_per_call: int = 1, per_class: int | None = None, augment=None):
     """``step(state, data) -> (state, metrics)`` of supervised pre-training over all classes.
@@ -342,13 +380,19 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
                         (config.checkpoint_every, "checkpoint_every")):
         if every % spc:
             raise ValueError(f"{name}={every} must be a multiple of steps_per_call={spc}")
+    mesh = None
     if is_pretrained(config):
         step = make_pretrain_step(learner, optimizer, batch=config.pretrain_batch,
                                   steps_per_call=spc, per_class=config.per_class or None,
                                   augment=augment)
     else:
+        devices = train_devices(config, train_x.shape[2:])
+        if devices > 1:
+            mesh = task_mesh(jax.local_devices()[:devices])
+            log(f"meta-batch of {config.meta_batch} split over {devices} "
+                f"{jax.default_backend().upper()} devices")
         step = make_train_step(learner, optimizer, sample, chunks=config.chunks,
-                               steps_per_call=spc, batch=config.meta_batch)
+                               steps_per_call=spc, batch=config.meta_batch, mesh=mesh)
     step_fn = jax.jit(step, donate_argnums=0)
     example = jnp.zeros((2,) + train_x.shape[2:], jnp.float32)
     state = init_state(learner, optimizer, example, config.seed)
@@ -362,6 +406,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
             if "val_accuracy" in rec:
                 best_val = max(best_val, rec["val_accuracy"])
         log(f"resumed {run_dir} at step {int(state.step)}")
+    if mesh is not None:  # replicated on every device of the mesh; evaluation runs on the first
+        state, train_x = jax.device_put((state, train_x), replicated(mesh))
 
     eval_learner = build_learner(config, ways=config.ways, test=True)
     eval_fn = make_eval_fn(eval_learner)
@@ -369,7 +415,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
     def validate(params) -> Result | None:
         if not config.val_part or "val" not in data or not config.val_episodes:
             return None
-        return evaluate(eval_learner, params, jnp.asarray(data["val"]), ways=config.ways,
+        return evaluate(eval_learner, _one_device(params), jnp.asarray(data["val"]),
+                        ways=config.ways,
                         shots=config.shots, queries=config.queries,
                         num_episodes=config.val_episodes, seed=config.eval_seed, eval_fn=eval_fn)
 
@@ -422,7 +469,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         final = load_checkpoint(run_dir / "best.msgpack", state)
     test = None
     if "test" in data and config.test_episodes:
-        test = evaluate(eval_learner, final.params, jnp.asarray(data["test"]), ways=config.ways,
+        test = evaluate(eval_learner, _one_device(final.params), jnp.asarray(data["test"]),
+                        ways=config.ways,
                         shots=config.shots, queries=config.queries,
                         num_episodes=config.test_episodes, seed=config.eval_seed,
                         eval_fn=eval_fn)
@@ -435,6 +483,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, progress
         "test_ci95": None if test is None else test.ci95,
         "test_episodes": 0 if test is None else len(test.accuracies),
         "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+        "devices": 1 if mesh is None else int(mesh.size),
     }
     _write_json(run_dir / "results.json", results)
     if test is not None:

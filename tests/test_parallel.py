@@ -202,3 +202,136 @@ def test_bench_flops_do_not_depend_on_devices(tmp_path):
     assert out["1"][0] > 0
     np.testing.assert_allclose(out["2"][0], out["1"][0], rtol=0.05)  # not 2x
     assert out["2"][1].startswith("im2col lowering") and out["2"][1].endswith("x devices")
+
+
+TRAIN = """
+import json, sys
+from pathlib import Path
+import numpy as np
+import jax
+from smallsample.config import make_config
+from smallsample.train import load_checkpoint, train
+
+assert jax.local_device_count() == 2, jax.devices()
+out = Path(sys.argv[1])
+rng = np.random.default_rng(0)
+data = {k: rng.integers(0, 256, (8, 4, 12, 12, 1), dtype=np.uint8) for k in ("train", "test")}
+base = ["learner=maml", "backbone=conv4-stride", "width=4", "ways=3", "shots=1", "queries=2",
+        "train_queries=2", "meta_batch=4", "steps_per_call=2", "log_every=2", "eval_every=2",
+        "checkpoint_every=2", "test_episodes=6", "image_size=12", "val_part="]
+for name, devices, steps in [("one", 1, 4), ("auto", 0, 4), ("two", 2, 4)]:
+    cfg = make_config(None, base + [f"devices={devices}", f"steps={steps}"])
+    train(cfg, out / name, progress=False, data=data, log=lambda s: None)
+cfg = make_config(None, base + ["devices=0", "steps=6"])
+train(cfg, out / "auto", progress=False, data=data, log=lambda s: None, resume=True)
+"""
+
+
+def test_training_splits_the_meta_batch_over_cpu_devices(tmp_path):
+    """`train` with ``devices=0`` (auto) on a process with two CPU devices splits the meta-batch
+    of 4 over both (as ``devices=2`` does), and trains the same run as on one device: the same losses and parameters up to float32 summation order, and a
+    two-device run resumes."""
+    script = tmp_path / "train_two.py"
+    script.write_text(TRAIN)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=_env(2),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = {k: json.loads((tmp_path / k / "results.json").read_text())
+           for k in ("one", "auto", "two")}
+    assert [res[k]["devices"] for k in ("one", "auto", "two")] == [1, 2, 2]
+    assert res["auto"]["steps"] == 6
+
+    def losses(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["loss"] for x in lines if "loss" in json.loads(x)]
+
+    one, auto = losses("one"), losses("auto")
+    assert len(one) == 2 and len(auto) == 3  # steps 2, 4 (and 6 after the resume)
+    np.testing.assert_allclose(auto[:2], one, rtol=1e-4)
+    np.testing.assert_allclose(losses("two"), one, rtol=1e-4)
+    import flax.serialization  # noqa: PLC0415
+
+    params = [flax.serialization.msgpack_restore(
+        (tmp_path / k / "checkpoint.msgpack").read_bytes())["params"] for k in ("one", "two")]
+    flat = [np.concatenate([np.ravel(x) for x in _leaves(p)]) for p in params]
+    np.testing.assert_allclose(flat[1], flat[0], rtol=0, atol=1e-5 * np.abs(flat[0]).max())
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        return [x for k in sorted(tree) for x in _leaves(tree[k])]
+    return [tree]
+
+
+CORES = """
+import json, os, sys
+from smallsample.cli import cpu_devices_per_core
+n = cpu_devices_per_core()
+import jax
+json.dump({"set": n, "devices": jax.local_device_count(),
+           "cores": len(os.sched_getaffinity(0))}, sys.stdout)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_the_command_line_makes_one_cpu_device_per_core():
+    """`cpu_devices_per_core` (run by the `smallsample` command before JAX starts) gives a
+    process one CPU device per core it may run on, here one on a process pinned to one core;
+    a count the user chose is left alone; after JAX has started it changes nothing."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if "device_count" not in f)
+
+    def run(env, cpus=None):
+        proc = subprocess.run([sys.executable, "-c", CORES], env=env, capture_output=True,
+                              text=True, timeout=300,
+                              preexec_fn=None if cpus is None else
+                              (lambda: os.sched_setaffinity(0, cpus)))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout)
+
+    free = run(env)
+    assert free["set"] == free["devices"] == free["cores"] >= 1
+    pinned = run(env, {sorted(os.sched_getaffinity(0))[0]})
+    assert pinned == {"set": 1, "devices": 1, "cores": 1}
+    chosen = run(dict(env, JAX_NUM_CPU_DEVICES="3"))
+    assert chosen["set"] is None and chosen["devices"] == 3
+    forced = run(dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=3"))
+    assert forced["set"] is None and forced["devices"] == 3
+    import jax  # noqa: PLC0415
+
+    from smallsample.cli import cpu_devices_per_core  # noqa: PLC0415
+
+    jax.devices()  # started in this process: too late to change
+    assert cpu_devices_per_core({}) is None
+
+
+def test_split_devices_and_train_devices():
+    from smallsample.config import make_config  # noqa: PLC0415
+    from smallsample.parallel import SPLIT_MAX_TASK_VALUES, auto_devices, split_devices  # noqa: PLC0415,I001
+    from smallsample.train import train_devices  # noqa: PLC0415
+
+    assert [split_devices(32, d) for d in (1, 2, 3, 5, 8, 64)] == [1, 2, 2, 4, 8, 32]
+    assert split_devices(1, 16) == 1 and split_devices(6, 4) == 3
+    with pytest.raises(ValueError, match="meta-batch 0 and devices 2"):
+        split_devices(0, 2)
+    # auto: small tasks split over the CPU devices, large ones and accelerators do not
+    assert auto_devices(32, SPLIT_MAX_TASK_VALUES, 2, "cpu") == 2
+    assert auto_devices(32, SPLIT_MAX_TASK_VALUES + 1, 2, "cpu") == 1
+    assert auto_devices(32, 10, 8, "gpu") == 1
+    omniglot = (28, 28, 1)
+    maml5 = make_config("omniglot-maml-5w1s")  # 5 x (1 + 15) x 784 = 62,720 values a task
+    assert train_devices(maml5, omniglot, "cpu", 2) == 2
+    assert train_devices(maml5, omniglot, "cpu", 1) == 1
+    assert train_devices(maml5, omniglot, "gpu", 8) == 1  # accelerators: one unless asked
+    assert train_devices(maml5.replace(devices=4), omniglot, "gpu", 8) == 4
+    assert train_devices(maml5.replace(devices=3), omniglot, "cpu", 4) == 2  # divides 32
+    assert train_devices(maml5.replace(meta_batch=1), omniglot, "cpu", 16) == 1
+    maml20 = make_config("omniglot-maml-20w1s")  # 20 x 16 x 784 = 250,880: measured slower
+    assert train_devices(maml20, omniglot, "cpu", 2) == 1
+    assert train_devices(maml20.replace(devices=2), omniglot, "cpu", 2) == 2
+    with pytest.raises(ValueError, match="devices=4 but this process sees only 2 cpu"):
+        train_devices(maml5.replace(devices=4), omniglot, "cpu", 2)
+    with pytest.raises(ValueError, match="devices=-1 must be >= 0"):
+        train_devices(maml5.replace(devices=-1), omniglot, "cpu", 2)
