@@ -2,10 +2,11 @@
 
 ``make_train_step`` builds the device function. It samples a meta-batch of episodes on the device
 (from the class-indexed data passed as an argument), applies the augmentation pipeline, computes the
-mean meta-gradient over tasks (vmapped, in sequential chunks: one task at a time on CPU), applies
-the optax update, and repeats ``steps_per_call`` times under ``lax.scan`` so that Python dispatch
-is paid once per call. The step's randomness is ``fold_in(run_key, step)``, so a resumed
-run continues exactly where the interrupted one would have been.
+mean meta-gradient over tasks (vmapped, in sequential chunks: one task at a time on CPU; split over
+a mesh's devices, one all-reduce a step), applies the optax update, and repeats
+``steps_per_call`` times under ``lax.scan`` so that Python dispatch is paid once per call. The
+step's randomness is ``fold_in(run_key, step)``, so a resumed run continues exactly where the
+interrupted one would have been.
 
 ``train`` is the host loop: run folder, resolved config, JSON-lines metrics, atomic checkpoints,
 validation, progress bar, final test evaluation.

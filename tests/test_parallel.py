@@ -229,8 +229,8 @@ train(cfg, out / "auto", progress=False, data=data, log=lambda s: None, resume=T
 
 def test_training_splits_the_meta_batch_over_cpu_devices(tmp_path):
     """`train` with ``devices=0`` (auto) on a process with two CPU devices splits the meta-batch
-    of 4 over both (as ``devices=2`` does), and trains the same run as on one device: the same losses and parameters up to float32 summation order, and a
-    two-device run resumes."""
+    of 4 over both (as ``devices=2`` does), and trains the same run as on one device: the same
+    losses and parameters up to float32 summation order. A two-device run resumes."""
     script = tmp_path / "train_two.py"
     script.write_text(TRAIN)
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=_env(2),
@@ -265,6 +265,8 @@ def _leaves(tree):
 
 CORES = """
 import json, os, sys
+if len(sys.argv) > 1:  # pinned to that CPU before JAX loads
+    os.sched_setaffinity(0, {int(sys.argv[1])})
 from smallsample.cli import cpu_devices_per_core
 n = cpu_devices_per_core()
 import jax
@@ -283,17 +285,15 @@ def test_the_command_line_makes_one_cpu_device_per_core():
     env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                                 if "device_count" not in f)
 
-    def run(env, cpus=None):
-        proc = subprocess.run([sys.executable, "-c", CORES], env=env, capture_output=True,
-                              text=True, timeout=300,
-                              preexec_fn=None if cpus is None else
-                              (lambda: os.sched_setaffinity(0, cpus)))
+    def run(env, cpu=None):
+        proc = subprocess.run([sys.executable, "-c", CORES] + ([] if cpu is None else [str(cpu)]),
+                              env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return json.loads(proc.stdout)
 
     free = run(env)
     assert free["set"] == free["devices"] == free["cores"] >= 1
-    pinned = run(env, {sorted(os.sched_getaffinity(0))[0]})
+    pinned = run(env, sorted(os.sched_getaffinity(0))[0])
     assert pinned == {"set": 1, "devices": 1, "cores": 1}
     chosen = run(dict(env, JAX_NUM_CPU_DEVICES="3"))
     assert chosen["set"] is None and chosen["devices"] == 3
