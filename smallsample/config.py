@@ -44,8 +44,8 @@ class Config:
     remat: bool = False
     chunks: int = 0                   # sequential chunks of the meta-batch; 0: auto (CPU: one
                                       # task at a time, fastest there; GPU/TPU: all vmapped)
-    devices: int = 0                  # devices the meta-batch is split over; 0: auto (CPU: every
-                                      # CPU device that divides it, one per core from the
+    devices: int = 0                  # devices the meta-batch is split over; 0: auto (CPU and
+                                      # small tasks: the CPU devices, one per core from the
                                       # smallsample command; else 1), N: at most N
     # optimisation
     steps: int = 2000
