@@ -13,7 +13,6 @@ Workloads with a meta-batch of 1 are skipped (nothing to split).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -35,7 +34,6 @@ def main(argv=None) -> int:
 
     from smallsample.bench import WORKLOADS, train_step  # noqa: PLC0415
     from smallsample.parallel import split_devices, task_mesh  # noqa: PLC0415
-    from smallsample.train import default_chunks  # noqa: PLC0415
 
     print(f"# {jax.device_count()} CPU devices, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
           f"load {os.getloadavg()[0]:.1f}", flush=True)
@@ -47,12 +45,12 @@ def main(argv=None) -> int:
             continue
         steps = {}
         for label, mesh in (("one", None), (f"split{n}", task_mesh(jax.devices()[:n]))):
-            wl = dataclasses.replace(w, chunks=default_chunks(w.meta_batch, 1 if mesh is None
-                                                              else n))
-            step, init, data = train_step(wl, conv_impl=args.conv_impl, mesh=mesh)
-            compiled = jax.jit(step).lower(init(), data).compile()
-            steps[label] = (compiled, init())
-            jax.block_until_ready(compiled(init(), data))  # warm-up
+            # chunks: the default, one task per device at a time
+            step, init, data = train_step(w, conv_impl=args.conv_impl, mesh=mesh)
+            state = init()
+            compiled = jax.jit(step).lower(state, data).compile()
+            jax.block_until_ready(compiled(state, data))  # warm-up
+            steps[label] = (compiled, state)
         print(f"{name} (meta-batch {w.meta_batch}):", flush=True)
         alternate(steps, data, rounds=args.rounds, batch=w.meta_batch)
     return 0

@@ -163,14 +163,14 @@ def run_pairs(name: str, args, env: dict) -> dict:
     here = str(Path(__file__).resolve())
     # imported here: l2l_peer.py loads this file for serve() in the peer's Python, without JAX
     from smallsample.bench import WORKLOADS  # noqa: PLC0415
-    from smallsample.parallel import auto_devices, split_devices  # noqa: PLC0415
+    from smallsample.parallel import auto_devices, episode_values, split_devices  # noqa: PLC0415
 
     w = WORKLOADS[name]
     if args.devices:
         devices = split_devices(w.meta_batch, args.devices)
     else:  # what training does on this many cores (smallsample.cli.cpu_devices_per_core)
         cores = args.threads or len(os.sched_getaffinity(0))
-        devices = auto_devices(w.meta_batch, w.ways * (w.shots + w.queries) * int(np.prod(w.image)),
+        devices = auto_devices(w.meta_batch, episode_values(w.ways, w.shots, w.queries, w.image),
                                cores, "cpu")
     jax_cmd = [sys.executable, here, "--worker", name, "--warmup", str(args.warmup),
                "--conv-impl", args.conv_impl, "--devices", str(devices)] + (

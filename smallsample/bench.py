@@ -232,12 +232,17 @@ def measure(workload: Workload, *, steps: int = 5, conv_impl: str = "auto",
     vmapped tasks (``meta_gradient(chunks=...)``); 0 or ``None``: the backend's default
     (:func:`smallsample.train.default_chunks`: one task per device at a time on CPU, 1 elsewhere).
     """
-    from smallsample.parallel import auto_devices, split_devices, task_mesh  # noqa: PLC0415
+    from smallsample.parallel import (  # noqa: PLC0415
+        auto_devices,
+        episode_values,
+        split_devices,
+        task_mesh,
+    )
     from smallsample.train import default_chunks  # noqa: PLC0415
 
     if devices is None:
         w = workload
-        devices = auto_devices(w.meta_batch, w.ways * (w.shots + w.queries) * int(np.prod(w.image)),
+        devices = auto_devices(w.meta_batch, episode_values(w.ways, w.shots, w.queries, w.image),
                                jax.local_device_count(), jax.default_backend())
     if devices > jax.device_count():
         raise ValueError(f"--devices {devices} but only {jax.device_count()} are visible")

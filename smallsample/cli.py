@@ -279,11 +279,12 @@ def cpu_devices_per_core(environ=None) -> int | None:
     import jax  # noqa: PLC0415
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = max(1, cores or 1)
     try:
-        jax.config.update("jax_num_cpu_devices", max(1, cores or 1))
+        jax.config.update("jax_num_cpu_devices", cores)
     except RuntimeError:  # the backends have started: too late, leave them as they are
         return None
-    return max(1, cores or 1)
+    return cores
 
 
 def entry() -> int:

@@ -37,6 +37,7 @@ from smallsample.parallel import (
     AXIS,
     auto_devices,
     check_divisible,
+    episode_values,
     replicated,
     shard_tasks,
     split_devices,
@@ -115,7 +116,9 @@ def meta_gradient(learner: Learner, params, episodes: Episode, key: jax.Array, *
     batch = episodes.query_y.shape[0]
     keys = jax.random.split(key, batch)
     if mesh is None:
-        sums = _task_sums(learner, params, episodes, keys, chunks or default_chunks(batch))
+        chunks = chunks or default_chunks(batch)
+        _check_chunks(batch, chunks)
+        sums = _task_sums(learner, params, episodes, keys, chunks)
     else:
         check_divisible(batch, mesh)
         local = batch // mesh.size
@@ -139,10 +142,10 @@ def _check_chunks(batch: int, chunks, where: str = "") -> None:
 
 def _task_sums(learner: Learner, params, episodes: Episode, keys: jax.Array, chunks: int):
     """Summed ``(loss, accuracy, grads)`` of the tasks ``episodes [B, ...]`` with ``keys [B]``,
-    in ``chunks`` sequential groups; group ``g`` holds tasks ``g, g + chunks, g + 2 chunks``...
+    in ``chunks`` sequential groups (checked by the caller, :func:`_check_chunks`); group ``g``
+    holds tasks ``g, g + chunks, g + 2 chunks``...
     """
     batch = episodes.query_y.shape[0]
-    _check_chunks(batch, chunks)
     per_task = jax.vmap(lambda e, k: task_loss_and_grad(learner, params, e, k))
     if chunks == 1:
         return jax.tree.map(lambda x: x.sum(0), per_task(episodes, keys))
@@ -223,8 +226,8 @@ def train_devices(config: Config, image_shape: tuple[int, ...], backend: str | N
                          f"{backend} device(s)")
     if config.devices:
         return split_devices(config.meta_batch, config.devices)
-    values = (config.effective_train_ways * (config.effective_train_shots + config.train_queries)
-              * int(np.prod(image_shape)))
+    values = episode_values(config.effective_train_ways, config.effective_train_shots,
+                            config.train_queries, image_shape)
     return auto_devices(config.meta_batch, values, available, backend)
 
 
