@@ -14,13 +14,16 @@ import pytest
 from smallsample.data.files import DataError
 from smallsample.data.text import (
     OUT_OF_SCOPE,
+    TextSet,
     class_indexed,
     class_split,
+    encode_labels,
     episodic_split,
     k_shot_indices,
     load_banking77,
     load_clinc150,
     load_clinc150_domains,
+    random_class_indexed,
 )
 from smallsample.episodes import sample_episode
 
@@ -182,3 +185,56 @@ def test_malformed_banking77_names_file_and_row(tmp_path):
     (folder / "train.csv").write_text("sentence,label\nok,card_arrival\n")
     with pytest.raises(DataError, match="train.csv: header is"):
         load_banking77(root=tmp_path)
+
+
+def test_class_indexed_takes_class_names():
+    names = np.array(["b", "a", "c", "a", "b", "c", "c", "a", "b"])
+    idx = class_indexed(names)  # rows in sorted order: a, b, c
+    np.testing.assert_array_equal(idx, [[1, 3, 7], [0, 4, 8], [2, 5, 6]])
+    np.testing.assert_array_equal(class_indexed(list(names), class_names=["c", "a", "b"]),
+                                  idx[[2, 0, 1]])
+    ints, vocab = encode_labels(names)
+    np.testing.assert_array_equal(class_indexed(ints, num_classes=3), idx)
+    assert vocab == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"labels not in class_names: \['c'\]"):
+        class_indexed(names, class_names=["a", "b"])
+    with pytest.raises(ValueError, match="labels must be integers"):
+        class_indexed(np.array([0.0, 1.0]))
+
+
+def test_random_class_indexed_samples_within_each_class():
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([np.full(n, c) for c, n in enumerate([5, 9, 30])] + [[-1, -1]])
+    labels = labels[rng.permutation(labels.size)]
+    a = random_class_indexed(jax.random.key(0), labels)
+    assert a.shape == (3, 5)
+    np.testing.assert_array_equal(labels[a], np.arange(3)[:, None].repeat(5, 1))
+    assert len(np.unique(a)) == 15
+    np.testing.assert_array_equal(random_class_indexed(jax.random.key(0), labels), a)
+    # Same draw as k_shot_indices of the same key; another key draws other rows of class 2.
+    np.testing.assert_array_equal(
+        a[:, :3], k_shot_indices(jax.random.key(0), labels, num_classes=3, shots=3))
+    picks = [set(random_class_indexed(jax.random.key(k), labels)[2]) for k in range(20)]
+    assert len(set().union(*picks)) > 20  # over keys, most of the 30 rows of class 2 are drawn
+    # Against a loop: each row's indices belong to its class and none repeats.
+    first = class_indexed(labels)
+    assert [sorted(r) for r in first.tolist()] != [sorted(r) for r in a.tolist()]
+    with pytest.raises(ValueError, match="per_class=6 is more than the 5"):
+        random_class_indexed(jax.random.key(0), labels, per_class=6)
+
+
+def test_episodic_split_of_any_textset():
+    names = [f"c{i}" for i in range(10)]
+    labels = np.repeat(np.arange(10), 3).astype(np.int32)
+    data = TextSet([f"t{i}" for i in range(30)], labels, names)
+    parts = episodic_split(data, seed=0)
+    assert [parts[p].num_classes for p in ("train", "val", "test")] == [3, 3, 4]
+    for p in parts.values():
+        for t, y in zip(p.texts, p.labels, strict=True):
+            assert names[labels[int(t[1:])]] == p.class_names[y]
+    sized = episodic_split(data, seed=0, sizes=(6, 2, 2))
+    assert [len(sized[p].class_names) for p in ("train", "val", "test")] == [6, 2, 2]
+    with pytest.raises(ValueError, match="split by class only"):
+        episodic_split(data, by="domain")
+    with pytest.raises(ValueError, match="or a TextSet"):
+        episodic_split("snips")

@@ -18,9 +18,12 @@ Two evaluation protocols:
 - Episodic, on class-disjoint splits: :func:`episodic_split` pools all of a class's labelled
   utterances (every upstream split) and deals the classes into train / val / test parts by a
   seed (CLINC150 50/50/50 intents, or by domain 4/3/3 domains; Banking77 25/25/27 intents, the
-  sizes of ProtAugment, Dopierre et al. 2021). :func:`class_indexed` then gives the
-  ``[num_classes, per_class]`` index array that turns embeddings ``[n, d]`` into the class-indexed
-  ``[num_classes, per_class, d]`` that :func:`smallsample.episodes.sample_episode` samples from.
+  sizes of ProtAugment, Dopierre et al. 2021), or the classes of any :class:`TextSet` (a user's
+  file read by :func:`smallsample.data.tables.read_texts`). :func:`random_class_indexed` (a random
+  ``per_class`` of each class, by a key) or :func:`class_indexed` (the first ``per_class`` in data
+  order) then gives the ``[num_classes, per_class]`` index array that turns embeddings ``[n, d]``
+  into the class-indexed ``[num_classes, per_class, d]`` that
+  :func:`smallsample.episodes.sample_episode` samples from.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from smallsample.data.files import DataError, data_root
 
 OUT_OF_SCOPE = -1
 """Label of CLINC150's out-of-scope utterances (``oos_*`` splits)."""
+UNLABELLED = -2
+"""Label of every text of an unlabelled file (:func:`smallsample.data.tables.read_texts`)."""
 
 CLINC150_SPLITS = ("train", "val", "test", "oos_train", "oos_val", "oos_test")
 CLINC150_EPISODIC_SIZES = (50, 50, 50)
@@ -53,7 +58,7 @@ class TextSet(NamedTuple):
     Attributes:
       texts: ``n`` utterances.
       labels: int32 ``[n]``, indices into ``class_names`` (:data:`OUT_OF_SCOPE` for CLINC150's
-        out-of-scope utterances).
+        out-of-scope utterances, :data:`UNLABELLED` for the texts of an unlabelled file).
       class_names: the intents, ``num_classes`` of them.
     """
 
@@ -82,6 +87,27 @@ def read_json(path: Path):
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from e
+
+
+def sorted_names(values) -> list[str]:
+    """The distinct ``values`` as strings, sorted: by number when every one is an integer
+    (``'2' < '10'``, so labels ``0..C-1`` keep their numbers), else as strings."""
+    names = {str(v) for v in values}
+    try:
+        return sorted(names, key=int)
+    except ValueError:
+        return sorted(names)
+
+
+def encode_labels(values: Sequence) -> tuple[np.ndarray, list[str]]:
+    """Labels of any kind (strings, ints) -> (int32 ``[n]`` indices into the names, the names).
+
+    The names are :func:`sorted_names` of the values, so the same labels always give the same
+    mapping, whatever their order.
+    """
+    names = sorted_names(values)
+    index = {n: i for i, n in enumerate(names)}
+    return np.asarray([index[str(v)] for v in values], np.int32).reshape(len(values)), names
 
 
 def labels_of(intents: Sequence[str], class_names: Sequence[str], where: str,
@@ -215,26 +241,45 @@ def concat(parts: Sequence[TextSet]) -> TextSet:
                    np.concatenate([p.labels for p in parts]), list(names))
 
 
-def episodic_split(dataset: Literal["clinc150", "banking77"], *, seed: int = 0,
+def episodic_split(dataset: Literal["clinc150", "banking77"] | TextSet, *, seed: int = 0,
                    by: Literal["class", "domain"] = "class",
+                   sizes: Sequence[int] | None = None,
                    root: str | os.PathLike | None = None) -> dict[str, TextSet]:
     """Class-disjoint ``train`` / ``val`` / ``test`` parts for episodic evaluation.
 
-    Each part holds every labelled utterance of its classes (all upstream splits pooled, in the
-    order train, val, test; CLINC150's out-of-scope lists are left out), relabelled ``0..C-1``.
+    Each part holds every labelled utterance of its classes, relabelled ``0..C-1`` in the sorted
+    order of its class names; texts with a negative label (out-of-scope, unlabelled) are left out.
 
-    - ``clinc150``, ``by='class'``: 50 / 50 / 50 intents (150 utterances each);
-      ``by='domain'``: whole domains, 4 / 3 / 3 of the 10 (60 / 45 / 45 intents).
-    - ``banking77``: 25 / 25 / 27 intents (``by='class'`` only).
+    - ``'clinc150'`` (all upstream splits pooled, in the order train, val, test), ``by='class'``:
+      50 / 50 / 50 intents (150 utterances each); ``by='domain'``: whole domains, 4 / 3 / 3 of the
+      10 (60 / 45 / 45 intents).
+    - ``'banking77'`` (train and test pooled): 25 / 25 / 27 intents (``by='class'`` only).
+    - a :class:`TextSet` (e.g. a user's file, :func:`smallsample.data.tables.read_texts`): its
+      classes, ``by='class'`` only; ``sizes`` default to thirds (``C // 3``, ``C // 3``, the
+      rest).
+
+    Args:
+      sizes: classes per part (train, val, test), summing to the number of classes (domains for
+        ``by='domain'``); default as above.
     """
-    if dataset == "clinc150":
+    if isinstance(dataset, TextSet):
+        if by != "class":
+            raise ValueError(f"a TextSet is split by class only, got by={by!r}")
+        pooled = dataset
+        n = pooled.num_classes
+        if sizes is None:
+            sizes = (n // 3, n // 3, n - 2 * (n // 3))
+        parts = class_split(pooled.class_names, seed=seed, sizes=sizes)
+    elif dataset == "clinc150":
         sets = load_clinc150(root=root)
         pooled = concat([sets["train"], sets["val"], sets["test"]])
         if by == "class":
-            parts = class_split(pooled.class_names, seed=seed, sizes=CLINC150_EPISODIC_SIZES)
+            parts = class_split(pooled.class_names, seed=seed,
+                                sizes=sizes or CLINC150_EPISODIC_SIZES)
         elif by == "domain":
             domains = load_clinc150_domains(root=root)
-            dom_parts = class_split(sorted(domains), seed=seed, sizes=CLINC150_DOMAIN_SIZES)
+            dom_parts = class_split(sorted(domains), seed=seed,
+                                    sizes=sizes or CLINC150_DOMAIN_SIZES)
             parts = tuple(sorted(i for d in p for i in domains[d]) for p in dom_parts)
         else:
             raise ValueError(f"by must be 'class' or 'domain', got {by!r}")
@@ -243,42 +288,96 @@ def episodic_split(dataset: Literal["clinc150", "banking77"], *, seed: int = 0,
             raise ValueError(f"banking77 has no domains: by must be 'class', got {by!r}")
         sets = load_banking77(root=root)
         pooled = concat([sets["train"], sets["test"]])
-        parts = class_split(pooled.class_names, seed=seed, sizes=BANKING77_EPISODIC_SIZES)
+        parts = class_split(pooled.class_names, seed=seed,
+                            sizes=sizes or BANKING77_EPISODIC_SIZES)
     else:
-        raise ValueError(f"dataset must be 'clinc150' or 'banking77', got {dataset!r}")
+        raise ValueError(f"dataset must be 'clinc150', 'banking77' or a TextSet, got "
+                         f"{dataset!r:.80}")
     return {name: subset(pooled, part) for name, part in zip(("train", "val", "test"), parts,
                                                               strict=True)}
 
 
-def class_indexed(labels: np.ndarray, *, num_classes: int,
-                  per_class: int | None = None) -> np.ndarray:
-    """Example indices grouped by class: int64 ``[num_classes, per_class]``.
-
-    Row ``c`` holds the first ``per_class`` indices ``i`` (in data order) with ``labels[i] == c``;
-    ``per_class`` defaults to the smallest class count. ``embeddings[class_indexed(...)]`` is then
-    the class-indexed ``[num_classes, per_class, d]`` array of
-    :func:`smallsample.episodes.sample_episode`.
-
-    A dense array (rather than a padded one plus counts) keeps episode sampling one static-shaped
-    gather on the device; the price is that larger classes are cut to the smallest. CLINC150 is
-    balanced (150 utterances per intent pooled), so nothing is lost; Banking77 pooled has 75 to 227
-    per intent, so 75 are kept, plenty for episodes of up to ``shots + queries = 75``.
-    """
+def _int_labels(labels, num_classes: int | None,
+                class_names: Sequence[str] | None) -> tuple[np.ndarray, int]:
+    """Labels as int64 ``[n]`` (negative = left out) and the number of classes."""
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be [n], got shape {labels.shape}")
-    counts = np.bincount(labels[labels >= 0], minlength=num_classes)
-    if counts.shape[0] > num_classes:
-        raise ValueError(f"labels go up to {counts.shape[0] - 1}, not below num_classes="
+    if labels.dtype.kind in "USO":  # class names: rows in the order of class_names
+        names = sorted_names(labels) if class_names is None else [str(c) for c in class_names]
+        index = {n: i for i, n in enumerate(names)}
+        unknown = sorted({str(v) for v in labels} - set(index))
+        if unknown:
+            raise ValueError(f"labels not in class_names: {unknown[:5]}")
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(f"num_classes={num_classes} but the labels name {len(names)} "
+                             f"classes")
+        return np.asarray([index[str(v)] for v in labels], np.int64), len(names)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers (class indices, negative = left out) or "
+                         f"class names, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if num_classes is None:
+        num_classes = len(class_names) if class_names is not None else int(labels.max()) + 1
+    if labels.size and labels.max() >= num_classes:
+        raise ValueError(f"labels go up to {int(labels.max())}, not below num_classes="
                          f"{num_classes}")
+    return labels, num_classes
+
+
+def _grouped(order: np.ndarray, labels: np.ndarray, num_classes: int, per_class: int | None,
+             what: str = "per_class") -> np.ndarray:
+    """``order`` (indices sorted by label, negatives first) -> ``[num_classes, per_class]``."""
+    counts = np.bincount(labels[labels >= 0], minlength=num_classes)
     smallest = int(counts.min()) if num_classes else 0
     per_class = smallest if per_class is None else per_class
-    if per_class > smallest:
-        raise ValueError(f"per_class={per_class} is more than the {smallest} examples of the "
+    if per_class > smallest or per_class < 0:
+        raise ValueError(f"{what}={per_class} is more than the {smallest} examples of the "
                          f"smallest class ({int(np.argmin(counts))})")
-    order = np.argsort(labels, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) + int((labels < 0).sum())
     return order[starts[:, None] + np.arange(per_class)[None, :]]
+
+
+def class_indexed(labels: np.ndarray | Sequence, *, num_classes: int | None = None,
+                  per_class: int | None = None,
+                  class_names: Sequence[str] | None = None) -> np.ndarray:
+    """Example indices grouped by class, the first ``per_class`` of each in data order: int64
+    ``[num_classes, per_class]``.
+
+    The deterministic twin of :func:`random_class_indexed` (which samples within each class with
+    a key, so that a class cut to ``per_class`` is not cut to the start of the file: prefer it).
+    ``embeddings[class_indexed(...)]`` is the class-indexed ``[num_classes, per_class, d]`` array
+    of :func:`smallsample.episodes.sample_episode`. A dense array (rather than a padded one plus
+    counts) keeps episode sampling one static-shaped gather on the device; the price is that
+    larger classes are cut to ``per_class``, by default the smallest class's count.
+
+    Args:
+      labels: ``[n]`` class indices (negative ones are left out) or class names (strings).
+      num_classes: rows; default ``len(class_names)``, else the largest label + 1 (for names:
+        the number of names).
+      per_class: columns; default the smallest class's count.
+      class_names: for string labels, the class of each row (default the distinct labels,
+        :func:`sorted_names`, as :func:`encode_labels` and ``read_texts`` number them).
+    """
+    labels, num_classes = _int_labels(labels, num_classes, class_names)
+    order = np.argsort(labels, kind="stable")
+    return _grouped(order, labels, num_classes, per_class)
+
+
+def random_class_indexed(key: jax.Array, labels: np.ndarray | Sequence, *,
+                         num_classes: int | None = None, per_class: int | None = None,
+                         class_names: Sequence[str] | None = None) -> np.ndarray:
+    """Example indices grouped by class, ``per_class`` of each drawn at random by ``key``: int64
+    ``[num_classes, per_class]`` (arguments as :func:`class_indexed`).
+
+    Within each class the examples are ordered at random, so the first ``k`` columns are a random
+    ``k`` of the class as well; ``random_class_indexed(key, labels, per_class=k)`` equals
+    ``k_shot_indices(key, labels, shots=k)``.
+    """
+    labels, num_classes = _int_labels(labels, num_classes, class_names)
+    u = np.asarray(jax.random.uniform(key, labels.shape))
+    order = np.lexsort((u, labels))  # by label, then by the random key
+    return _grouped(order, labels, num_classes, per_class)
 
 
 def k_shot_indices(key: jax.Array, labels: np.ndarray, *, num_classes: int,
@@ -289,11 +388,8 @@ def k_shot_indices(key: jax.Array, labels: np.ndarray, *, num_classes: int,
     set is ``texts[idx.ravel()]``. Within each class the examples are ordered at random, so the
     first ``k < shots`` columns are a K-shot subset of the larger one.
     """
-    labels = np.asarray(labels)
+    labels, num_classes = _int_labels(labels, num_classes, None)
     counts = np.bincount(labels[labels >= 0], minlength=num_classes)
     if shots <= 0 or shots > counts.min():
         raise ValueError(f"shots={shots} must be in [1, {int(counts.min())}] (the smallest class)")
-    u = np.asarray(jax.random.uniform(key, labels.shape))
-    order = np.lexsort((u, labels))  # by label, then by the random key
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) + int((labels < 0).sum())
-    return order[starts[:, None] + np.arange(shots)[None, :]]
+    return random_class_indexed(key, labels, num_classes=num_classes, per_class=shots)
