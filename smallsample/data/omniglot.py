@@ -25,9 +25,9 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from smallsample.data.cache import load_npz, save_npz
 from smallsample.data.files import (
     DataError,
-    atomic_write_bytes,
     cache_dir,
     data_root,
     download,
@@ -211,19 +211,11 @@ def load_set(which: str = "background", *, size: int = 28, root=None,
         return _read_set(path, expected, size)
     digest = sha256_file(path)
     cached = cache_dir() / f"omniglot-{which}-{size}-v{CACHE_VERSION}-{digest[:16]}.npz"
-    if cached.exists():
-        try:
-            with np.load(cached, allow_pickle=False) as f:
-                return ClassIndexed(f["images"], [str(n) for n in f["names"]])
-        except Exception:  # an unreadable cache is rebuilt, never trusted
-            pass
+    arrays = load_npz(cached)
+    if arrays is not None and {"images", "names"} <= set(arrays):
+        return ClassIndexed(arrays["images"], [str(n) for n in arrays["names"]])
     result = _read_set(path, expected, size)
-    buf = io.BytesIO()
-    np.savez(buf, images=result.images, names=np.asarray(result.names))
-    try:
-        atomic_write_bytes(cached, buf.getvalue())
-    except OSError:
-        pass  # a read-only cache folder only costs speed
+    save_npz(cached, images=result.images, names=np.asarray(result.names))
     return result
 
 
