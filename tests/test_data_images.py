@@ -122,8 +122,16 @@ def test_jpeg_and_resizing_against_references(tmp_path):
     full = decode_image(path, size=(96, 128))
     np.testing.assert_array_equal(full, np.asarray(Image.open(path).convert("RGB")))
     assert np.abs(full.astype(int) - big).mean() < 3  # the JPEG is close to its source
+    exact = decode_image(path, size=24, draft=False)
+    np.testing.assert_array_equal(exact, pil_reference(path, 24))
+    # By default the JPEG decoder scales down first (here by 1/2: 48x64 >= 2 x 24), then LANCZOS.
     small = decode_image(path, size=24)
-    np.testing.assert_array_equal(small, pil_reference(path, 24))
+    im = Image.open(path)
+    im.draft("RGB", (48, 48))
+    assert im.size == (64, 48)
+    np.testing.assert_array_equal(small, np.asarray(im.convert("RGB").resize((24, 24),
+                                                                            Image.LANCZOS)))
+    assert np.abs(small.astype(int) - exact).mean() < 1.5
     # Antialiasing, independently of Pillow: a smooth image shrunk is close to its box average
     # (float64 NumPy), and a constant one stays constant.
     png = save(tmp_path / "smooth.png", big)

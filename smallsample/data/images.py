@@ -9,7 +9,9 @@ The common core of every image data set but Omniglot: a mapping from class names
   and hidden files, are skipped). Grayscale, palette, CMYK and RGBA images are converted to the
   set's channel count (``channels=3``: RGB, an alpha channel is dropped; ``channels=1``: Pillow's
   ``L``). Each image is resized to ``size`` (an int for square, or ``(height, width)``) with
-  Pillow's antialiasing LANCZOS filter, the aspect ratio not kept (as mini-ImageNet's 84x84).
+  Pillow's antialiasing LANCZOS filter, the aspect ratio not kept (as mini-ImageNet's 84x84);
+  JPEGs are decoded at a reduced scale no smaller than twice the output size first
+  (:func:`decode_image`, ``draft=True``), which halves the decoding time of photos.
   Images are decoded by a pool of threads (Pillow releases the GIL while decoding and resizing),
   with a tqdm progress bar.
 - Classes of unequal size: the class-indexed array needs the same count in every class, so each
@@ -110,15 +112,25 @@ def to_array(im: Image.Image, *, size: int | Sequence[int], channels: int = 3) -
     return np.asarray(im, dtype=np.uint8).reshape(h, w, channels)
 
 
-def decode_image(path: str | os.PathLike, *, size: int | Sequence[int],
-                 channels: int = 3) -> np.ndarray:
+def decode_image(path: str | os.PathLike, *, size: int | Sequence[int], channels: int = 3,
+                 draft: bool = True) -> np.ndarray:
     """One image file, decoded, converted and resized: uint8 ``[H, W, channels]``.
+
+    Args:
+      draft: let the JPEG decoder scale down by 1/2, 1/4 or 1/8 while decoding (Pillow's
+        ``draft``), to no less than twice the output size, before the LANCZOS resize: a JPEG
+        photo shrunk to a few-shot size decodes about twice as fast, with pixels that differ
+        from those of a full decode by a fraction of a grey level on average. ``False`` decodes
+        at full size. Other formats are always decoded at full size.
 
     Raises:
       DataError: the file does not decode (the message names it).
     """
+    h, w = _hw(size)
     try:
         with Image.open(path) as im:
+            if draft and im.format == "JPEG":
+                im.draft(im.mode, (2 * w, 2 * h))
             im.load()
             return to_array(im, size=size, channels=channels)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -237,11 +249,13 @@ def build_image_set(tag: str, classes: Mapping[str, Sequence], *,
 def load_classes(classes: Mapping[str, Sequence[str | os.PathLike]], *, tag: str,
                  size: int | Sequence[int] = 84, channels: int = 3,
                  per_class: int | None = None, seed: int = 0, base: str | os.PathLike | None = None,
-                 where: str = "", use_cache: bool = True, mmap: bool | None = None,
-                 progress: bool = True, workers: int | None = None) -> ImageSet:
+                 where: str = "", draft: bool = True, use_cache: bool = True,
+                 mmap: bool | None = None, progress: bool = True,
+                 workers: int | None = None) -> ImageSet:
     """:func:`build_image_set` for image files: class name -> files (paths).
 
-    ``base``: the folder the files are named relative to (in the cache key and sampling order).
+    ``base``: the folder the files are named relative to (in the cache key and sampling order);
+    ``draft``: see :func:`decode_image`.
     """
     h, w = _hw(size)
     _check_channels(channels)
@@ -251,10 +265,10 @@ def load_classes(classes: Mapping[str, Sequence[str | os.PathLike]], *, tag: str
         return str(f.relative_to(base)) if base is not None else str(f)
 
     def key(flat: list[Path]) -> str:
-        return files_key(flat, base=base)
+        return files_key(flat, base=base, options={"draft": draft})
 
     def decode(f: Path) -> np.ndarray:
-        return decode_image(f, size=(h, w), channels=channels)
+        return decode_image(f, size=(h, w), channels=channels, draft=draft)
 
     return build_image_set(tag, classes, decode=decode, ids=ids, content_key=key,
                            shape=(h, w, channels), per_class=per_class, seed=seed, where=where,
@@ -263,8 +277,9 @@ def load_classes(classes: Mapping[str, Sequence[str | os.PathLike]], *, tag: str
 
 def load_folder(path: str | os.PathLike, *, classes: Sequence[str] | None = None,
                 size: int | Sequence[int] = 84, channels: int = 3, per_class: int | None = None,
-                seed: int = 0, use_cache: bool = True, mmap: bool | None = None,
-                progress: bool = True, workers: int | None = None) -> ImageSet:
+                seed: int = 0, draft: bool = True, use_cache: bool = True,
+                mmap: bool | None = None, progress: bool = True,
+                workers: int | None = None) -> ImageSet:
     """A folder of class folders (``path/CLASS/IMAGE``) as an :class:`ImageSet`.
 
     Args:
@@ -274,6 +289,10 @@ def load_folder(path: str | os.PathLike, *, classes: Sequence[str] | None = None
       channels: 3 (RGB) or 1 (grayscale).
       per_class, seed: images kept per class (default: the smallest class's count) and the seed
         that samples them within larger classes (module docstring).
+      draft: see :func:`decode_image`.
+      use_cache, mmap: see :func:`smallsample.data.cache.cached_array`.
+      progress: a tqdm bar while decoding; workers: decoding threads (default
+        ``min(8, cpu_count)``).
 
     Raises:
       DataError: a missing or empty folder, a class in ``classes`` that is not a sub-folder, a
@@ -292,7 +311,8 @@ def load_folder(path: str | os.PathLike, *, classes: Sequence[str] | None = None
             raise DataError(f"{path / name}: class folder holds no image files")
     tag = "folder-" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
     return load_classes(found, tag=tag, size=size, channels=channels, per_class=per_class,
-                        seed=seed, base=path, where=str(path), use_cache=use_cache, mmap=mmap,
+                        seed=seed, base=path, where=str(path), draft=draft,
+                        use_cache=use_cache, mmap=mmap,
                         progress=progress, workers=workers)
 
 
