@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -31,6 +32,7 @@ from smallsample.data.images import (
     read_class_list,
     split_classes,
 )
+from smallsample.episodes import sample_episode
 
 SHARED = Path(os.environ.get("SMALLSAMPLE_DATA") or
               Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -368,6 +370,11 @@ def test_tiered_imagenet_class_folders_memory_mapped(tmp_path):
     assert isinstance(s.images, np.memmap) and s.images.shape == (2, 3, 20, 20, 3)
     for j, (f, _) in enumerate(src["n01530575"]):
         np.testing.assert_array_equal(s.images[0, j], pil_reference(f, 20))
+    # Episodes are drawn from the memory map like from any array.
+    ep = sample_episode(jax.random.key(0), s.images, ways=2, shots=1, queries=2)
+    assert ep.support_x.shape == (2, 20, 20, 3) and ep.query_x.shape == (4, 20, 20, 3)
+    pool = s.images.reshape(-1, 20, 20, 3).astype(np.float32) / 255
+    assert all(any(np.array_equal(x, p) for p in pool) for x in np.asarray(ep.query_x))
     with pytest.raises(DataError, match=f"{root / 'test'} is missing"):
         load_tiered_imagenet("test", path=root)
 

@@ -318,7 +318,8 @@ def _int_labels(labels, num_classes: int | None,
                          f"class names, got dtype {labels.dtype}")
     labels = labels.astype(np.int64)
     if num_classes is None:
-        num_classes = len(class_names) if class_names is not None else int(labels.max()) + 1
+        num_classes = (len(class_names) if class_names is not None else
+                       int(labels.max()) + 1 if labels.size else 0)
     if labels.size and labels.max() >= num_classes:
         raise ValueError(f"labels go up to {int(labels.max())}, not below num_classes="
                          f"{num_classes}")
