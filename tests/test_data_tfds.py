@@ -106,6 +106,7 @@ def test_reads_the_source_pixels_and_class_names(prepared, cache):
     got = load_tfds(NAME, data_dir=data_dir, split="train")
     # fox has no train example; the smallest class (dog, 3) sets per_class.
     assert got.names == ["cat", "dog", "emu"]
+    assert got.counts.tolist() == [5, 3, 4]
     assert got.images.shape == (3, 3, 9, 7, 3) and got.images.dtype == np.uint8
     for row, cls in zip(got.images, got.names, strict=True):
         _match(row, sources["train", cls])
@@ -138,7 +139,7 @@ def test_per_class_draw_is_seeded_and_checked(prepared, cache):
         np.testing.assert_array_equal(got.images, again.images)
         draws.append(picks)
     assert len({d[0] for d in draws}) > 1  # cat: 10 possible pairs, the seed changes the draw
-    with pytest.raises(DataError, match=r"per_class=4.*'dog' \(3\)"):
+    with pytest.raises(DataError, match=r"per_class=4 is more than .* dog \(3\)"):
         load_tfds(NAME, data_dir=data_dir, split="train", per_class=4, use_cache=False)
 
 
@@ -176,25 +177,49 @@ def test_unequal_image_sizes_need_size(prepared, cache):
     assert both.names == CLASSES and both.images.shape == (4, 2, 6, 6, 3)
 
 
+def _entries(cache: Path) -> tuple[list[Path], list[Path]]:
+    """(label entries, image entries) in the array cache."""
+    entries = sorted(p for p in cache.iterdir() if p.is_dir() and not p.name.startswith("."))
+    labels = [p for p in entries if "-labels-" in p.name]
+    return labels, [p for p in entries if p not in labels]
+
+
 def test_cache_is_written_read_and_keyed(prepared, cache):
     data_dir, _, _ = prepared
     first = load_tfds(NAME, data_dir=data_dir, split="train")
-    files = sorted(cache.glob("tfds-*.npz"))
-    assert len(files) == 1 and NAME in files[0].name and "train" in files[0].name
-    # The second load reads the cache file: a marked copy of it comes back.
-    marked = first.images.copy()
+    labels, images = _entries(cache)
+    assert len(labels) == 1 and len(images) == 1
+    assert NAME in images[0].name and "train" in images[0].name
+    # The second load reads the cache entry: a marked copy of it comes back.
+    marked = np.array(first.images)
     marked[0, 0, 0, 0, 0] ^= 0xFF
-    np.savez(files[0], images=marked, names=np.asarray(first.names))
+    np.save(images[0] / "images.npy", marked)
     np.testing.assert_array_equal(load_tfds(NAME, data_dir=data_dir, split="train").images,
                                   marked)
-    # Another split, size or draw is another entry; an unreadable entry is rebuilt.
+    # Another split, size or draw is another entry; the labels of a split are read once.
     load_tfds(NAME, data_dir=data_dir, split="train", size=4)
     load_tfds(NAME, data_dir=data_dir, split="train", per_class=2, seed=3)
     load_tfds(NAME, data_dir=data_dir, split="test", size=4)
-    assert len(list(cache.glob("tfds-*.npz"))) == 4
-    files[0].write_bytes(b"not an npz")
+    labels, images = _entries(cache)
+    assert len(labels) == 2 and len(images) == 4
+    # An unreadable entry is rebuilt, never trusted.
+    target = next(p for p in images if "train" in p.name and "9x7x3-3-" in p.name)
+    (target / "images.npy").write_bytes(b"not an npy file")
     np.testing.assert_array_equal(load_tfds(NAME, data_dir=data_dir, split="train").images,
                                   first.images)
+
+
+def test_classes_pick_and_order(prepared, cache):
+    data_dir, _, sources = prepared
+    got = load_tfds(NAME, data_dir=data_dir, split="train", classes=["emu", "cat"])
+    assert got.names == ["emu", "cat"] and got.counts.tolist() == [4, 5]
+    assert got.images.shape == (2, 4, 9, 7, 3)  # the smallest of the classes asked for
+    for row, cls in zip(got.images, got.names, strict=True):
+        _match(row, sources["train", cls])
+    with pytest.raises(DataError, match="no class.*'gnu'"):
+        load_tfds(NAME, data_dir=data_dir, split="train", classes=["cat", "gnu"])
+    with pytest.raises(DataError, match="'fox' have no example in this split"):
+        load_tfds(NAME, data_dir=data_dir, split="train", classes=["cat", "fox"])
 
 
 def test_wrong_features_and_splits(prepared, cache):

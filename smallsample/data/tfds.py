@@ -2,51 +2,49 @@
 
 Reads a data set that TFDS has already *prepared* on disk in the ArrayRecord format, through
 ``builder.as_data_source`` (what ``tfds.data_source`` calls: random access, no TensorFlow at read
-time), into the layout the rest of the library uses: a :class:`ClassIndexed` set, uint8
-``[num_classes, per_class, H, W, C]`` plus the class names of the label's ``ClassLabel`` feature.
+time), into the :class:`~smallsample.data.images.ImageSet` every image set of the library is:
+uint8 ``[num_classes, per_class, H, W, C]``, the class names of the label's ``ClassLabel``
+feature, and each class's count.
 
 Nothing here downloads. A data set that is not prepared raises :class:`DataError` with the command
-that prepares it once (that step needs TensorFlow: ``pip install 'smallsample[tfds-prepare]'``);
-community data sets (``huggingface:...``, ``kaggle:...``), which TFDS resolves over the network,
-are refused by name: prepare them once and pass the builder folder instead.
+that prepares it once (a step that needs TensorFlow: ``pip install 'smallsample[tfds-prepare]'``).
+Community data sets (``huggingface:...``, ``kaggle:...``), which TFDS resolves over the network,
+are refused by name: prepare one once and pass its builder folder instead.
 
-Decisions:
+Decisions, shared with :mod:`smallsample.data.images` (whose :func:`build_image_set` does the
+decoding, sampling and caching):
 
-- Images are decoded here with Pillow from the bytes TFDS stored (TFDS's own decoding is skipped),
-  then converted to ``channels`` (Pillow's ``L`` / ``RGB`` / ``RGBA``) and resized with Pillow's
-  antialiasing LANCZOS filter, as the Omniglot loader does. Only uint8 images are accepted.
-- Classes of unequal size: every class keeps ``per_class`` examples (default: the size of the
-  smallest class present in the split), drawn without replacement with
-  ``numpy.random.default_rng([seed, label])`` and kept in record order, so a class's draw does not
-  depend on the other classes. A class with fewer than ``per_class`` examples is an error naming
-  it. Labels with no example in the split (TFDS's ``ClassLabel`` often lists the classes of every
-  split) are left out, so ``names`` holds only the classes present.
-- Cache: decoded arrays go to :func:`smallsample.data.files.cache_dir`, keyed by the data set's
-  full name (name, config, version), the split, the reading options, and the data folder's files
-  (relative path, size and modification time, plus the sha256 of ``dataset_info.json``). Hashing
-  the record files themselves would cost minutes at every load for multi-gigabyte sets; a data set
-  prepared again gets new files, so it is decoded again.
+- Images are decoded with Pillow from the bytes TFDS stored (TFDS's own decoding is skipped),
+  converted to ``channels`` and resized with Pillow's antialiasing LANCZOS filter
+  (:func:`~smallsample.data.images.to_array`); JPEGs are decoded at a reduced scale first unless
+  ``draft=False``. Only uint8 images are read.
+- Classes of unequal size: every class keeps ``per_class`` examples (default: the smallest class
+  of the split), sampled within the class by ``seed`` (records ordered by
+  ``sha256(f"{seed}:{record}")``); ``counts`` keeps each class's size. Labels with no example in
+  the split (a ``ClassLabel`` often lists the classes of every split) are left out.
+- Cache: the labels of a split and the decoded arrays are cached
+  (:mod:`smallsample.data.cache`) under a key over the builder folder's files (relative path, size
+  and modification time), the data set's full name (name, config, version), the split and the
+  options; a data set prepared again has new files and is decoded again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from smallsample.data.files import DataError, atomic_write_bytes, cache_dir
-from smallsample.data.omniglot import ClassIndexed
+from smallsample.data.cache import cached_array, files_key
+from smallsample.data.files import DataError
+from smallsample.data.images import ImageSet, _check_channels, _hw, build_image_set, to_array
 
-CACHE_VERSION = 1
 READ_CHUNK = 1024
-_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 PREPARE_EXTRA = "pip install 'smallsample[tfds-prepare]'"
 INSTALL_HINT = ("tensorflow-datasets is not installed: pip install 'smallsample[tfds]' (reading) "
                 f"or {PREPARE_EXTRA} (preparing, with TensorFlow)")
@@ -54,7 +52,7 @@ INSTALL_HINT = ("tensorflow-datasets is not installed: pip install 'smallsample[
 
 def _tfds():
     try:
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # noqa: PLC0415 (an optional extra)
     except ImportError as e:
         raise ImportError(INSTALL_HINT) from e
     return tfds
@@ -73,8 +71,14 @@ def prepare_command(name: str, data_dir: str | os.PathLike) -> str:
     return f"{PREPARE_EXTRA} && python -c \"{code}\""
 
 
-def _builder(tfds, name: str | os.PathLike, data_dir):
-    """The TFDS builder of a catalogue name (with ``data_dir``) or of a prepared builder folder."""
+def builder(name: str | os.PathLike, data_dir: str | os.PathLike | None = None):
+    """The prepared TFDS builder of a catalogue name (under ``data_dir``) or of a builder folder.
+
+    Raises:
+      DataError: not prepared (with the command that prepares it), not found, or a community
+        data set (resolved over the network).
+    """
+    tfds = _tfds()
     path = Path(name).expanduser()
     if isinstance(name, os.PathLike) or str(name).startswith(("/", ".", "~")) or path.is_dir():
         if not (path / "dataset_info.json").is_file():
@@ -93,7 +97,7 @@ def _builder(tfds, name: str | os.PathLike, data_dir):
                         f"builder folder DATA_DIR/NAME/VERSION instead")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     try:
-        builder = tfds.builder(name, data_dir=str(root), try_gcs=False)
+        found = tfds.builder(name, data_dir=str(root), try_gcs=False)
     except tfds.core.registered.DatasetNotFoundError as e:
         raise DataError(f"{name!r} is neither in TFDS's catalogue nor prepared under {root} "
                         f"(no {root / dataset.name}/.../dataset_info.json); prepare it there with "
@@ -101,18 +105,17 @@ def _builder(tfds, name: str | os.PathLike, data_dir):
                         f"pass its builder folder") from e
     except Exception as e:  # bad config / version strings
         raise DataError(f"{name!r}: TFDS cannot make a builder for it under {root} ({e})") from e
-    if not builder.is_prepared():
+    if not found.is_prepared():
         raise DataError(f"TFDS data set {name!r} is not prepared under {root} (no "
-                        f"{builder.data_dir}/dataset_info.json). Prepare it once (this needs "
+                        f"{found.data_dir}/dataset_info.json). Prepare it once (this needs "
                         f"the network and TensorFlow):\n  {prepare_command(name, root)}")
-    return builder
+    return found
 
 
-def _check_features(builder, image_key: str, label_key: str):
+def _features(found, image_key: str, label_key: str, where: str):
     tfds = _tfds()
-    features = builder.info.features
+    features = found.info.features
     keys = list(features.keys()) if hasattr(features, "keys") else []
-    where = f"TFDS data set {builder.info.full_name} ({builder.data_dir})"
     if image_key not in keys or not isinstance(features[image_key], tfds.features.Image):
         raise DataError(f"{where}: no image feature {image_key!r}; its features are {keys} "
                         f"(pass image_key=)")
@@ -126,77 +129,33 @@ def _check_features(builder, image_key: str, label_key: str):
     return image, features[label_key]
 
 
-def _fingerprint(builder, split: str, options: dict[str, Any]) -> str:
-    root = Path(builder.data_dir)
-    files = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            files.append([str(p.relative_to(root)), st.st_size, st.st_mtime_ns])
-    info = hashlib.sha256((root / "dataset_info.json").read_bytes()).hexdigest()
-    key = {"cache": CACHE_VERSION, "name": builder.info.full_name, "split": split,
-           "options": options, "files": files, "info": info}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
-def _cache_path(builder, split: str, digest: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{builder.info.full_name}-{split}").strip("_")
-    return cache_dir() / f"tfds-{slug}-v{CACHE_VERSION}-{digest[:16]}.npz"
+def _labels(source, label_key: str, tag: str, key: str, use_cache: bool) -> np.ndarray:
+    """int64 ``[num_records]``: the label of every record of the split (a pass over all)."""
 
+    def fill(out: np.ndarray) -> dict:
+        for start in range(0, len(source), READ_CHUNK):
+            stop = min(start + READ_CHUNK, len(source))
+            for i, record in enumerate(source.__getitems__(list(range(start, stop)))):
+                out[start + i] = int(record[label_key])
+        return {}
 
-def _read_labels(source, label_key: str) -> np.ndarray:
-    labels = np.empty(len(source), np.int64)
-    for start in range(0, len(source), READ_CHUNK):
-        stop = min(start + READ_CHUNK, len(source))
-        for i, record in enumerate(source.__getitems__(list(range(start, stop)))):
-            labels[start + i] = int(record[label_key])
+    labels, _ = cached_array(f"{tag}-labels-{key[:16]}", (len(source),), np.int64, fill,
+                             use_cache=use_cache, mmap=False)
     return labels
-
-
-def _decode(data: bytes, where: str, channels: int, size: tuple[int, int] | None) -> np.ndarray:
-    try:
-        im = Image.open(io.BytesIO(data))
-        im.load()
-    except Exception as e:  # PIL raises several types for bad images
-        raise DataError(f"{where}: not a readable image ({e})") from e
-    if im.mode not in ("1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr"):
-        raise DataError(f"{where}: image mode {im.mode} is not 8-bit; only uint8 images are read")
-    im = im.convert(_MODES[channels])
-    if size is not None and im.size != (size[1], size[0]):
-        im = im.resize((size[1], size[0]), Image.LANCZOS)
-    out = np.asarray(im, dtype=np.uint8)
-    return out[..., None] if out.ndim == 2 else out
-
-
-def _select(labels: np.ndarray, names: list[str], per_class: int | None, seed: int, where: str):
-    present = np.unique(labels)
-    if present.size == 0:
-        raise DataError(f"{where}: the split holds no examples")
-    counts = {int(c): int(np.sum(labels == c)) for c in present}
-    if per_class is None:
-        per_class = min(counts.values())
-    short = [f"{names[c]!r} ({n})" for c, n in counts.items() if n < per_class]
-    if short:
-        raise DataError(f"{where}: per_class={per_class} but class(es) {', '.join(short[:10])} "
-                        f"have fewer examples{' ...' if len(short) > 10 else ''}; lower per_class "
-                        f"(default: the smallest class, {min(counts.values())})")
-    rows = []
-    for c in present:
-        index = np.flatnonzero(labels == c)
-        if index.size > per_class:
-            pick = np.random.default_rng([seed, int(c)]).choice(index.size, per_class,
-                                                                  replace=False)
-            index = index[np.sort(pick)]
-        rows.append(index)
-    return [int(c) for c in present], np.stack(rows)
 
 
 def load_tfds(name: str | os.PathLike, *, split: str = "train",
               data_dir: str | os.PathLike | None = None, image_key: str = "image",
-              label_key: str = "label", size: int | tuple[int, int] | None = None,
-              channels: int | None = None, per_class: int | None = None, seed: int = 0,
-              use_cache: bool = True) -> ClassIndexed:
-    """A prepared TFDS image-classification split as a :class:`ClassIndexed` set.
+              label_key: str = "label", classes: Sequence[str] | None = None,
+              size: int | Sequence[int] | None = None, channels: int | None = None,
+              per_class: int | None = None, seed: int = 0, draft: bool = True,
+              use_cache: bool = True, mmap: bool | None = None, progress: bool = True,
+              workers: int | None = None) -> ImageSet:
+    """A prepared TFDS image-classification split as an :class:`ImageSet`.
 
     Args:
       name: a TFDS catalogue name (``'omniglot'``, ``'cifar100:3.0.2'``, ``'name/config'``) looked
@@ -206,86 +165,108 @@ def load_tfds(name: str | os.PathLike, *, split: str = "train",
       data_dir: TFDS data folder; ``None`` = ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
       image_key: the ``Image`` feature to read.
       label_key: the ``ClassLabel`` feature that gives the class and its name.
-      size: output ``H, W`` (an int for square); ``None`` keeps the stored size, which must then
+      classes: the class names to load, in this order (default: every class with an example in
+        the split, in label order).
+      size: output ``H = W`` (int) or ``(H, W)``; ``None`` keeps the stored size, which must then
         be the same for every image.
-      channels: 1, 3 or 4 (Pillow ``L``, ``RGB``, ``RGBA``); ``None`` = the feature's declared
-        channels, or 3 when it declares none.
-      per_class: examples kept per class; ``None`` = the smallest class's count.
-      seed: seeds the draw within classes larger than ``per_class``.
-      use_cache: read / write the decoded arrays in the array cache.
+      channels: 3 (RGB) or 1 (Pillow's ``L``); ``None`` = the feature's declared channels when
+        1 or 3, else 3.
+      per_class, seed: examples kept per class (default: the smallest class's count) and the
+        seed that samples them within larger classes.
+      draft: see :func:`smallsample.data.images.decode_image`.
+      use_cache, mmap: see :func:`smallsample.data.cache.cached_array`.
+      progress, workers: a tqdm bar while decoding; decoding threads.
 
     Returns:
-      ``ClassIndexed(images, names)``: images uint8 ``[num_classes, per_class, H, W, C]``, classes
-      in label order, names from the ``ClassLabel`` feature (its index as text when it has none).
+      ``ImageSet(images, names, counts)``: images uint8 ``[num_classes, per_class, H, W, C]``,
+      names from the ``ClassLabel`` feature (its index as text when it has no names).
 
     Raises:
-      DataError: not prepared (the message gives the command that prepares it), not in
-        ArrayRecord format, features missing or of the wrong kind, images of unequal size with
-        ``size=None``, or a class smaller than ``per_class``.
+      DataError: not prepared (the message gives the command that prepares it), not in the
+        ArrayRecord format, a missing split or feature, an unknown or absent class, images of
+        unequal size with ``size=None``, or a class smaller than ``per_class`` or than 2.
     """
-    if isinstance(size, int):
-        size = (size, size)
-    if size is not None:
-        size = tuple(size)
-        if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
-            raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
-    if channels is not None and channels not in _MODES:
-        raise ValueError(f"channels must be 1, 3 or 4, got {channels!r}")
-    if per_class is not None and (not isinstance(per_class, int) or per_class < 1):
-        raise ValueError(f"per_class must be a positive int or None, got {per_class!r}")
+    hw = None if size is None else _hw(size)
+    if channels is not None:
+        _check_channels(channels)
     tfds = _tfds()
-    builder = _builder(tfds, name, data_dir)
-    image_feature, label_feature = _check_features(builder, image_key, label_key)
+    found = builder(name, data_dir)
+    where = f"TFDS {found.info.full_name} split {split!r} ({found.data_dir})"
+    image_feature, label_feature = _features(found, image_key, label_key, where)
     if channels is None:
         declared = image_feature.shape[-1] if image_feature.shape else None
-        channels = declared if declared in _MODES else 3
-    where = f"TFDS {builder.info.full_name} split {split!r} ({builder.data_dir})"
-    options = {"image_key": image_key, "label_key": label_key, "size": size,
-               "channels": channels, "per_class": per_class, "seed": seed}
-    cached = None
-    if use_cache:
-        cached = _cache_path(builder, split, _fingerprint(builder, split, options))
-        if cached.exists():
-            try:
-                with np.load(cached, allow_pickle=False) as f:
-                    return ClassIndexed(f["images"], [str(n) for n in f["names"]])
-            except Exception:  # an unreadable cache is rebuilt, never trusted
-                pass
+        channels = declared if declared in (1, 3) else 3
     try:
-        source = builder.as_data_source(split=split,
-                                        decoders={image_key: tfds.decode.SkipDecoding()})
+        source = found.as_data_source(split=split,
+                                      decoders={image_key: tfds.decode.SkipDecoding()})
     except NotImplementedError as e:
-        raise DataError(f"{where}: prepared as {builder.info.file_format}, not array_record, so "
+        raise DataError(f"{where}: prepared as {found.info.file_format}, not array_record, so "
                         f"it has no random access; prepare it again with "
                         f"download_and_prepare(file_format='array_record') in another data_dir "
                         f"({e})") from e
     except (ValueError, KeyError, AssertionError) as e:
         raise DataError(f"{where}: cannot read this split ({e}); its splits are "
-                        f"{sorted(builder.info.splits)}") from e
+                        f"{sorted(found.info.splits)}") from e
+    if len(source) == 0:
+        raise DataError(f"{where}: the split holds no examples")
+
+    root = Path(found.data_dir)
+    data_files = sorted(p for p in root.rglob("*") if p.is_file())
+    tag = "tfds-" + _slug(f"{found.info.full_name}-{split}")
+    read = {"name": found.info.full_name, "split": split, "image_key": image_key,
+            "label_key": label_key}
+    labels = _labels(source, label_key, tag, files_key(data_files, base=root, options=read),
+                     use_cache)
     names_all = list(label_feature.names)
-    labels = _read_labels(source, label_key)
-    classes, rows = _select(labels, names_all, per_class, seed, where)
-    images = None
-    flat = rows.reshape(-1)
-    for start in range(0, flat.size, READ_CHUNK):
-        chunk = flat[start:start + READ_CHUNK]
-        for offset, (index, record) in enumerate(
-                zip(chunk, source.__getitems__([int(i) for i in chunk]), strict=True)):
-            image = _decode(record[image_key], f"{where} record {index}", channels, size)
-            if images is None:
-                images = np.empty((flat.size,) + image.shape, np.uint8)
-            elif image.shape != images.shape[1:]:
-                raise DataError(f"{where} record {index}: image is {image.shape[1]}x"
-                                f"{image.shape[0]}, the first one {images.shape[2]}x"
-                                f"{images.shape[1]}; pass size= to resize them to one size")
-            images[start + offset] = image
-    result = ClassIndexed(images.reshape(rows.shape + images.shape[1:]),
-                          [names_all[c] for c in classes])
-    if cached is not None:
-        buf = io.BytesIO()
-        np.savez(buf, images=result.images, names=np.asarray(result.names))
+    present = {int(c): np.flatnonzero(labels == c).tolist() for c in np.unique(labels)}
+    if classes is None:
+        chosen = sorted(present)
+    else:
+        index = {n: i for i, n in enumerate(names_all)}
+        unknown = [c for c in classes if c not in index]
+        if unknown:
+            raise DataError(f"{where}: no class(es) {', '.join(map(repr, unknown[:5]))} in the "
+                            f"ClassLabel {label_key!r} ({len(names_all)} names)")
+        chosen = [index[c] for c in classes]
+        absent = [names_all[c] for c in chosen if c not in present]
+        if absent:
+            raise DataError(f"{where}: class(es) {', '.join(map(repr, absent[:5]))} have no "
+                            f"example in this split")
+    records = {names_all[c]: present[c] for c in chosen}
+
+    if hw is None:  # the stored size: declared by the feature, else that of a first image
+        shape = image_feature.shape or ()
+        if len(shape) == 3 and all(isinstance(s, int) for s in shape[:2]):
+            hw = (int(shape[0]), int(shape[1]))
+        else:
+            with Image.open(io.BytesIO(source[records[names_all[chosen[0]]][0]][image_key])) as im:
+                hw = (im.size[1], im.size[0])
+    h, w = hw
+
+    def decode(index: int) -> np.ndarray:
+        data = source[index][image_key]
         try:
-            atomic_write_bytes(cached, buf.getvalue())
-        except OSError:
-            pass  # a read-only cache folder only costs speed
-    return result
+            im = Image.open(io.BytesIO(data))
+            if draft and size is not None and im.format == "JPEG":
+                im.draft(im.mode, (2 * w, 2 * h))
+            im.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"{where} record {index}: not a readable image "
+                            f"({type(e).__name__}: {e})") from e
+        if size is None and im.size != (w, h):
+            raise DataError(f"{where} record {index}: image is {im.size[0]}x{im.size[1]}, "
+                            f"others {w}x{h}; pass size= to resize them to one size")
+        if im.mode in ("I", "I;16", "F"):
+            raise DataError(f"{where} record {index}: image mode {im.mode} is not 8-bit")
+        return to_array(im, size=(h, w), channels=channels)
+
+    def content_key(flat: list[int]) -> str:
+        kept = hashlib.sha256(np.asarray(flat, np.int64).tobytes()).hexdigest()
+        return files_key(data_files, base=root,
+                         options={**read, "draft": draft, "records": kept,
+                                  "stored_size": size is None})
+
+    return build_image_set(tag, records, decode=decode, ids=str, content_key=content_key,
+                           shape=(h, w, channels), per_class=per_class, seed=seed,
+                           where=where, use_cache=use_cache, mmap=mmap, progress=progress,
+                           workers=workers)
