@@ -53,7 +53,8 @@ def _check_int_labels(labels, logits_shape: tuple[int, ...], num_classes: int) -
         raise ValueError(f"labels must have shape {logits_shape[:-1]} (the logits' shape "
                          f"{logits_shape} without its class axis), got {labels.shape}")
     if _is_concrete(labels) and labels.size:
-        lo, hi = int(labels.min()), int(labels.max())
+        values = np.asarray(labels)  # on the host: no op traced when jitted with a constant
+        lo, hi = int(values.min()), int(values.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"labels must be in [0, {num_classes}), got values in [{lo}, {hi}]")
     return labels
@@ -131,8 +132,9 @@ def kd_loss_from_probs(student_logits: jax.Array, teacher_probs: jax.Array, *,
         raise ValueError(f"student_logits and teacher_probs must have the same shape "
                          f"[..., num_classes]; got {s.shape} and {p.shape}")
     _check_positive("temperature", temperature)
-    if _is_concrete(p) and p.size and float(p.min()) < 0:
-        raise ValueError(f"teacher_probs must be non-negative, got a minimum of {float(p.min())}")
+    if _is_concrete(p) and p.size and float(np.min(np.asarray(p))) < 0:
+        raise ValueError(f"teacher_probs must be non-negative, got a minimum of "
+                         f"{float(np.min(np.asarray(p)))}")
     p = jax.lax.stop_gradient(p)
     log_p = jax.nn.log_softmax(jnp.log(p) / temperature, axis=-1)
     log_q = jax.nn.log_softmax(s / temperature, axis=-1)

@@ -82,7 +82,9 @@ def _pairwise_distances(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     """Euclidean distances ``[b, b]`` from the Gram matrix (memory ``b^2``), zero diagonal,
     without a NaN gradient at zero distance."""
     sq_norm = jnp.sum(jnp.square(x), axis=-1)
-    sq = sq_norm[:, None] + sq_norm[None, :] - 2.0 * (x @ x.T)
+    # full float32 products: TF32 (a GPU default) would lose the small distances to cancellation
+    gram = jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
+    sq = sq_norm[:, None] + sq_norm[None, :] - 2.0 * gram
     off = ~jnp.eye(x.shape[0], dtype=bool)
     return jnp.where(off, jnp.sqrt(jnp.maximum(sq, eps)), 0.0)
 
