@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -389,6 +390,9 @@ def test_temperature_and_weights_may_be_traced():
     out = jit(jax.vmap(lambda T: D.kd_loss(s, t, temperature=T)))(temps)
     for i, T in enumerate([0.5, 1.0, 4.0]):
         np.testing.assert_allclose(out[i], ref_kd(np.asarray(s), np.asarray(t), T), rtol=1e-4)
+    # a new temperature value does not retrace
+    traced = jit(chex.assert_max_traces(lambda T: D.kd_loss(s, t, temperature=T), n=1))
+    traced(2.0), traced(3.0)
     dkd = jit(lambda a, b: D.dkd_loss(s, t, LABELS, alpha=a, beta=b))(2.0, 3.0)
     tckd, nckd = D.dkd_terms(s, t, LABELS, temperature=4.0)
     np.testing.assert_allclose(dkd, 2.0 * tckd + 3.0 * nckd, rtol=1e-5)
