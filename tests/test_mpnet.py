@@ -468,6 +468,9 @@ def test_encode_refuses_texts_that_are_not_strings(tiny_folder):
         encode(["a", "b", b"c"], encoder=enc, progress=False)
     with pytest.raises(ValueError, match="got one str"):
         encode("book a flight", encoder=enc, progress=False)
+    with pytest.raises(ValueError, match=r"texts\[1\] is NoneType"):
+        token_ids(enc.tokenizer, ["book", None])
+    assert encode(np.array(["book", "paris"]), encoder=enc, progress=False).shape == (2, 8)
 
 
 def test_corrupt_or_pickled_cache_is_rebuilt_not_loaded(tiny_folder, tmp_path):

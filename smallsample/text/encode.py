@@ -27,7 +27,13 @@ import numpy as np
 
 from smallsample.models import pretrained
 from smallsample.models.transformer import check_sha256
-from smallsample.text.tokenize import DEFAULT_BUCKETS, load_tokenizer, max_seq_length, pad_ids
+from smallsample.text.tokenize import (
+    DEFAULT_BUCKETS,
+    check_texts,
+    load_tokenizer,
+    max_seq_length,
+    pad_ids,
+)
 
 
 class SentenceEncoder(NamedTuple):
@@ -169,18 +175,6 @@ def cache_path(cache_dir: str | os.PathLike, encoder: SentenceEncoder,
                texts: Sequence[str]) -> Path:
     """Where :func:`encode` caches the embeddings of ``texts`` under ``cache_dir``."""
     return Path(cache_dir) / f"{encoder.fingerprint[:24]}-{texts_sha256(texts)[:24]}.npy"
-
-
-def check_texts(texts: Sequence[str]) -> list[str]:
-    """``texts`` as a list, or a ``ValueError`` naming the first item that is not a ``str``
-    (``None`` or a number would otherwise be embedded as the text ``'None'`` or ``'3'``)."""
-    if isinstance(texts, (str, bytes)):
-        raise ValueError(f"texts must be a sequence of strings, got one {type(texts).__name__}")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise ValueError(f"texts[{i}] is {type(t).__name__} ({t!r:.40}), not str")
-    return texts
 
 
 def read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:

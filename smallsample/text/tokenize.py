@@ -33,9 +33,9 @@ def max_seq_length(model_dir: str | os.PathLike, *, max_position_embeddings: int
     """The sequence length a checkpoint was trained to use.
 
     sentence-transformers' ``sentence_bert_config.json`` ``max_seq_length`` when shipped (256 for
-    all-MiniLM-L6-v2; the ``tokenizer.json`` of that checkpoint truncates at 128, which is not what
-    the model uses); else ``tokenizer_config.json``'s ``model_max_length``; never more than
-    ``max_position_embeddings``.
+    all-MiniLM-L6-v2, whose ``tokenizer.json`` truncates at 128, which is not what the model uses;
+    384 for all-mpnet-base-v2); else ``tokenizer_config.json``'s ``model_max_length``; never
+    more than ``max_position_embeddings``.
     """
     folder = Path(model_dir)
     for name, key in (("sentence_bert_config.json", "max_seq_length"),
@@ -67,11 +67,22 @@ def bucket_length(length: int, *, buckets: Sequence[int] = DEFAULT_BUCKETS) -> i
     raise ValueError(f"length {length} is more than the largest bucket {max(buckets)}")
 
 
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """``texts`` as a list, or a ``ValueError`` naming the first item that is not a ``str``
+    (``None`` or a number would otherwise be embedded as the text ``'None'`` or ``'3'``)."""
+    if isinstance(texts, (str, bytes)):
+        raise ValueError(f"texts must be a sequence of strings, got one {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"texts[{i}] is {type(t).__name__} ({t!r:.40}), not str")
+    return texts
+
+
 def token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text (with special tokens, truncated as the tokenizer is set up)."""
-    if isinstance(texts, str):
-        raise ValueError("texts must be a sequence of strings, got one string")
-    return [e.ids for e in tokenizer.encode_batch([str(t) for t in texts])]
+    """Token ids of each text (with special tokens, truncated as the tokenizer is set up);
+    texts that are not ``str`` are a ``ValueError`` (see :func:`check_texts`)."""
+    return [e.ids for e in tokenizer.encode_batch(check_texts(texts))]
 
 
 def pad_ids(ids: Sequence[Sequence[int]], *, buckets: Sequence[int] = DEFAULT_BUCKETS,
@@ -96,5 +107,8 @@ def pad_ids(ids: Sequence[Sequence[int]], *, buckets: Sequence[int] = DEFAULT_BU
 
 def tokenize(tokenizer, texts: Sequence[str], *, buckets: Sequence[int] = DEFAULT_BUCKETS,
              pad_id: int = 0) -> TokenBatch:
-    """Tokenizes ``texts`` and pads them to a bucket length: ``[len(texts), L]``."""
+    """Tokenizes ``texts`` and pads them to a bucket length: ``[len(texts), L]``.
+
+    ``pad_id``: the model's ``config.pad_token_id`` (0 for BERT, 1 for MPNet, whose positions
+    are counted from the ids)."""
     return pad_ids(token_ids(tokenizer, texts), buckets=buckets, pad_id=pad_id)
