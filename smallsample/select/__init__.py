@@ -5,10 +5,14 @@ Every function is pure and jit-able: sizes that shape the output (``k``, ``size`
 (first argument), and options are keyword-only. Fixed-size results that may not be fully
 fillable come with a ``valid`` mask (:class:`Selection`).
 
-Errors: bad shapes and sizes (``k`` larger than the pool, wrong ranks) always raise
-``ValueError``. Bad *values* (NaN / negative / infinite weights, out-of-range labels, empty
-classes) raise ``ValueError`` only when the input is concrete (eager calls); under ``jax.jit`` or
-``jax.vmap`` on traced inputs the checks are skipped (see :mod:`smallsample.select._checks`).
+Errors: bad shapes and sizes (``k`` larger than the pool, wrong ranks, empty inputs) always raise
+``ValueError``. Bad *values* (NaN scores, NaN / negative / infinite weights, out-of-range labels
+or indices, empty classes, options such as ``power``, ``mix`` or ``gamma`` out of range) raise
+``ValueError`` only when the input is concrete (eager calls); under ``jax.jit`` or ``jax.vmap``
+on traced inputs the checks are skipped (see :mod:`smallsample.select._checks`) and each function
+documents what happens instead, never a plausible wrong answer: NaN scores rank last and are
+marked invalid, out-of-range labels give NaN scores, an out-of-range ``first`` is clipped, bad
+weights or options give NaN.
 
 Submodules: :mod:`.filtering`, :mod:`.sampling`, :mod:`.importance`, :mod:`.coresets`,
 :mod:`.active`, :mod:`.online`.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from smallsample.select._checks import check_k, check_rank
+from smallsample.select._checks import check_finite_array, check_k, check_not_nan, check_rank
 from smallsample.select.coresets import KCenter, k_center_greedy, kmeans_plus_plus
 from smallsample.select.filtering import Selection, top_k
 from smallsample.select.importance import (
@@ -46,11 +46,14 @@ def uncertainty_select(logits: jax.Array, *, k: int, method: str = "entropy",
       labeled: optional ``[n]`` bool, examples to exclude.
 
     Returns:
-      A :class:`Selection` of ``k`` indices, most uncertain first.
+      A :class:`Selection` of ``k`` indices, most uncertain first. NaN logits are a
+      ``ValueError`` when concrete; under ``jit`` their examples rank last and are marked invalid
+      (:func:`~smallsample.select.top_k`).
     """
     if method not in UNCERTAINTY_SCORES:
         raise ValueError(f"method must be one of {sorted(UNCERTAINTY_SCORES)}, got {method!r}")
     check_rank("logits", logits, 2, "[n, num_classes]")
+    check_not_nan("logits", logits)
     scores = UNCERTAINTY_SCORES[method](logits)
     return top_k(scores, k=k, mask=_unlabeled(labeled, logits.shape[0]))
 
@@ -91,8 +94,11 @@ def badge_select(key: jax.Array, logits: jax.Array, features: jax.Array, *, k: i
 
     Returns:
       A :class:`Selection` of ``k`` distinct indices (while enough distinct unlabelled gradient
-      embeddings exist).
+      embeddings exist). Non-finite ``logits`` or ``features`` are a ``ValueError`` when
+      concrete.
     """
+    check_finite_array("logits", logits)
+    check_finite_array("features", features)
     g = badge_embeddings(logits, features)
     n = g.shape[0]
     k = check_k(k, n)

@@ -6,7 +6,8 @@ matrix), and return indices in the order they were chosen, so the first ``j`` en
 ``k``-selection are the ``j``-selection.
 
 Distances default to ``|x|^2 - 2 x.c + |c|^2`` (one mat-vec per step); ``precise=True`` uses
-``sum((x - c)^2)``, which avoids cancellation in float32 but is several times slower on CPU.
+``sum((x - c)^2)``, which avoids cancellation in float32 but is slower on CPU (the comparison:
+``docs/performance.md``, "other families").
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smallsample.select._checks import check_k, check_rank, check_weights, is_concrete
+from smallsample.select._checks import (
+    check_finite_array,
+    check_index,
+    check_k,
+    check_rank,
+    check_scalar,
+    check_weights,
+    is_concrete,
+)
 
 
 class KCenter(NamedTuple):
@@ -50,12 +59,19 @@ class FacilityLocation(NamedTuple):
 def pairwise_squared_distances(a: jax.Array, b: jax.Array) -> jax.Array:
     """``[n, m]`` squared Euclidean distances between rows of ``a [n, d]`` and ``b [m, d]``
     (``|a|^2 - 2 a.b + |b|^2``, clipped at 0)."""
+    check_rank("a", a, 2, "[n, d]")
+    check_rank("b", b, 2, "[m, d]")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a shape {a.shape} and b shape {b.shape} differ in d")
     d2 = jnp.sum(a * a, -1)[:, None] - 2 * a @ b.T + jnp.sum(b * b, -1)[None, :]
     return jnp.maximum(d2, 0.0)
 
 
 def rbf_similarity(a: jax.Array, b: jax.Array, *, gamma: float | jax.Array) -> jax.Array:
-    """``exp(-gamma |a_i - b_j|^2)``, ``[n, m]``, for :func:`facility_location_greedy`."""
+    """``exp(-gamma |a_i - b_j|^2)``, ``[n, m]``, for :func:`facility_location_greedy`.
+
+    ``gamma >= 0`` and finite (``ValueError`` when concrete; a traced NaN gives NaN)."""
+    check_scalar("gamma", gamma, low=0.0)
     return jnp.exp(-gamma * pairwise_squared_distances(a, b))
 
 
@@ -63,8 +79,9 @@ def _distances_to(x, precise):
     """``dist(c) -> [n]`` squared distances from the rows of ``x [n, d]`` to a point ``c [d]``.
 
     ``precise``: ``sum((x - c)^2)`` (no cancellation; a row reduction, slow on CPU).
-    Otherwise ``|x|^2 - 2 x.c + |c|^2`` with the norms computed once: one mat-vec per call, about
-    4-6x faster on CPU, with an absolute error of order ``eps * |x|^2`` (clipped at 0).
+    Otherwise ``|x|^2 - 2 x.c + |c|^2`` with the norms computed once: one mat-vec per call,
+    faster on CPU (``docs/performance.md``), with an absolute error of order ``eps * |x|^2``
+    (clipped at 0).
     """
     if precise:
         def dist(c):
@@ -97,9 +114,12 @@ def k_center_greedy(x: jax.Array, *, k: int, first: int | jax.Array = 0,
       x: ``[n, d]`` embeddings.
       k: static number of centres to choose, ``k <= n``.
       first: index of the first centre when there are no ``initial_centers`` (may be traced;
-        e.g. ``jax.random.randint(key, (), 0, n)`` for a random start).
+        e.g. ``jax.random.randint(key, (), 0, n)`` for a random start). Outside ``[0, n)`` it is
+        a ``ValueError`` when concrete; under ``jit`` it is clipped into range (and the clipped
+        index is what ``indices[0]`` reports).
       initial_centers: optional ``[m, d]`` already-chosen points (e.g. the labelled set in active
-        learning); then all ``k`` choices are greedy and ``first`` is ignored.
+        learning; finite, checked when concrete); then all ``k`` choices are greedy and ``first``
+        is ignored.
       precise: distances as ``sum((x - c)^2)`` instead of the faster ``|x|^2 - 2 x.c + |c|^2``
         (see :func:`_distances_to`).
 
@@ -113,7 +133,7 @@ def k_center_greedy(x: jax.Array, *, k: int, first: int | jax.Array = 0,
     radii = jnp.zeros((k,), x.dtype)
     dist = _distances_to(x, precise)
     if initial_centers is None:
-        first = jnp.asarray(first, jnp.int32)
+        first = check_index("first", first, n)
         min_d2 = dist(x[first]).at[first].set(0.0)
         indices = indices.at[0].set(first)
         radii = radii.at[0].set(jnp.sqrt(jnp.max(min_d2)))
@@ -123,6 +143,7 @@ def k_center_greedy(x: jax.Array, *, k: int, first: int | jax.Array = 0,
         if initial_centers.shape[1] != x.shape[1]:
             raise ValueError(f"initial_centers shape {initial_centers.shape} does not match x "
                              f"shape {x.shape}")
+        check_finite_array("initial_centers", initial_centers)
         min_d2 = jax.lax.map(dist, initial_centers.astype(x.dtype)).min(0) \
             if initial_centers.shape[0] else jnp.full((n,), jnp.inf, x.dtype)
         start = 0
@@ -180,8 +201,10 @@ def kmeans_plus_plus(key: jax.Array, x: jax.Array, *, k: int,
       key: a PRNG key.
       x: ``[n, d]`` embeddings.
       k: static number of centres, ``k <= n`` (``k`` <= the number of distinct allowed points, or
-        the tail repeats a point).
+        the tail repeats allowed points, drawn uniformly).
       first: index of the first centre (may be traced); default a uniform draw among allowed.
+        When concrete it must be in ``[0, n)`` and allowed by ``mask`` (``ValueError``); under
+        ``jit`` it is clipped into range and used even where ``mask`` is False.
       mask: optional ``[n]`` bool, the points that may be chosen (default all).
       precise: distances as ``sum((x - c)^2)`` instead of ``|x|^2 - 2 x.c + |c|^2``.
 
@@ -208,14 +231,20 @@ def kmeans_plus_plus(key: jax.Array, x: jax.Array, *, k: int,
     if first is None:
         c0 = jnp.argmax(log_allowed + gumbel(0)).astype(jnp.int32)
     else:
-        c0 = jnp.asarray(first, jnp.int32)
+        c0 = check_index("first", first, n)
+        if mask is not None and is_concrete(first) and is_concrete(mask) \
+                and not bool(np.asarray(mask)[int(first)]):
+            raise ValueError(f"first={int(first)} is a point that mask excludes")
     dist = _distances_to(x, precise)
     min_d2 = dist(x[c0]).at[c0].set(0.0)
     indices = jnp.zeros((k,), jnp.int32).at[0].set(c0)
 
     def step(j, carry):
         min_d2, indices = carry
-        c = jnp.argmax(jnp.log(min_d2) + log_allowed + gumbel(j)).astype(jnp.int32)
+        g = log_allowed + gumbel(j)
+        cand = jnp.log(min_d2) + g
+        # every allowed point already chosen (duplicates): repeat a uniformly drawn allowed one
+        c = jnp.where(jnp.max(cand) > -jnp.inf, jnp.argmax(cand), jnp.argmax(g)).astype(jnp.int32)
         return jnp.minimum(min_d2, dist(x[c])).at[c].set(0.0), indices.at[j].set(c)
 
     return jax.lax.fori_loop(1, k, step, (min_d2, indices))[1]

@@ -20,8 +20,11 @@ from jax.scipy.special import logsumexp
 
 from smallsample.select._checks import (
     check_k,
+    check_labels,
     check_log_weights,
+    check_nonempty,
     check_rank,
+    check_scalar,
     check_weights,
     is_concrete,
 )
@@ -47,7 +50,11 @@ class ImportanceSample(NamedTuple):
 
 
 def log_normalize(log_weights: jax.Array) -> jax.Array:
-    """Log-probabilities ``[n]`` from unnormalised ``log_weights [n]`` (``x - logsumexp(x)``)."""
+    """Log-probabilities ``[n]`` from unnormalised ``log_weights [n]`` (``x - logsumexp(x)``).
+
+    Checked as in :func:`sample_with_replacement` when concrete; under ``jit`` all ``-inf`` (or a
+    NaN) gives NaN."""
+    check_log_weights(log_weights)
     return log_weights - logsumexp(log_weights)
 
 
@@ -83,8 +90,8 @@ def _gumbel_top_k(key, log_probs, k):
     n = log_probs.shape[0]
     perturbed = log_probs + jax.random.gumbel(key, (n,), dtype=log_probs.dtype)
     if k < n:
-        # The barrier keeps XLA (CPU) from rewriting a sliced TopK into a full sort (20x slower
-        # at n = 100,000, k = 1,000).
+        # The barrier keeps XLA (CPU) from rewriting a sliced TopK into a full sort, far slower
+        # for a large pool (docs/performance.md, "other families").
         values, idx = jax.lax.optimization_barrier(jax.lax.top_k(perturbed, k + 1))
         return idx[:k], values[k]
     _, idx = jax.lax.top_k(perturbed, k)
@@ -174,20 +181,29 @@ def importance_sample(key: jax.Array, log_weights: jax.Array, *, k: int, replace
 
 def effective_sample_size(weights: jax.Array) -> jax.Array:
     """Kish's effective sample size ``(sum w)^2 / sum w^2`` of non-negative ``weights [k]``
-    (any scale): ``k`` for equal weights, 1 for a one-hot."""
+    (any scale): ``k`` for equal weights, 1 for a one-hot.
+
+    Empty ``weights`` always raise ``ValueError``; negative, non-finite or all-zero weights raise
+    when concrete, and under ``jit`` all-zero weights give NaN."""
     check_weights(weights)
     return jnp.sum(weights) ** 2 / jnp.sum(weights * weights)
 
 
 def effective_sample_size_from_log(log_weights: jax.Array) -> jax.Array:
     """:func:`effective_sample_size` from log-weights ``[k]``, in log space:
-    ``exp(2 logsumexp(lw) - logsumexp(2 lw))``."""
+    ``exp(2 logsumexp(lw) - logsumexp(2 lw))``.
+
+    Empty ``log_weights`` always raise ``ValueError``; NaN, ``+inf`` or all ``-inf`` raise when
+    concrete and give NaN under ``jit``."""
     check_log_weights(log_weights)
     return jnp.exp(2 * logsumexp(log_weights) - logsumexp(2 * log_weights))
 
 
 def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-    """``sum(w * v) / sum(w)`` over the leading axis of ``values [k, ...]`` with ``weights [k]``."""
+    """``sum(w * v) / sum(w)`` over the leading axis of ``values [k, ...]`` with ``weights [k]``.
+
+    Empty ``weights`` always raise; bad weights (as in :func:`effective_sample_size`) raise when
+    concrete, and under ``jit`` all-zero weights give NaN."""
     check_weights(weights)
     if values.shape[:1] != weights.shape:
         raise ValueError(f"values shape {values.shape} does not start with weights shape "
@@ -201,7 +217,8 @@ def weighted_loss(losses: jax.Array, weights: jax.Array, *, normalize: bool = Tr
 
     ``normalize=True``: ``sum(w l) / sum(w)`` (use with self-normalised or any weights);
     ``normalize=False``: ``sum(w l)`` (use with :attr:`ImportanceSample.raw_weights` for an
-    unbiased estimate of the pool's mean loss and of its gradient).
+    unbiased estimate of the pool's mean loss and of its gradient). With ``normalize=True``
+    empty ``weights`` always raise and all-zero ones raise when concrete (NaN under ``jit``).
     """
     check_rank("losses", losses, 1, "[k]")
     check_weights(weights, allow_all_zero=not normalize)
@@ -213,9 +230,9 @@ def weighted_loss(losses: jax.Array, weights: jax.Array, *, normalize: bool = Tr
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array, *,
                            normalize: bool = True) -> jax.Array:
-    """:func:`weighted_loss` of the softmax cross-entropy of ``logits [k, C]``, ``labels [k]``."""
-    check_rank("logits", logits, 2, "[k, num_classes]")
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    """:func:`weighted_loss` of the softmax cross-entropy of ``logits [k, C]``, ``labels [k]``
+    (labels as in :func:`loss_scores`)."""
+    losses = loss_scores(logits, labels)
     return weighted_loss(losses, weights, normalize=normalize)
 
 
@@ -223,17 +240,34 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Ar
 # All scores are per example, non-negative, and larger means "more informative".
 
 
-def _check_logits_labels(logits, labels):
-    check_rank("logits", logits, 2, "[n, num_classes]")
-    check_rank("labels", labels, 1, "[n]")
-    if labels.shape[0] != logits.shape[0]:
+# Labels: int ``[n]`` in ``range(C)``. Out of range (negative included) is a ``ValueError`` when
+# the labels are concrete; under ``jit`` the example's score is NaN (never a plausible number:
+# JAX indexing would wrap a negative label and one-hot would zero a large one).
+
+
+def _check_logits_labels(logits, labels, n_axis=0):
+    if n_axis == 0:
+        check_rank("logits", logits, 2, "[n, num_classes]")
+    elif logits.ndim < 2:
+        raise ValueError(f"logits must have shape [..., n, C], got {logits.shape}")
+    check_labels(labels, logits.shape[-1])
+    if labels.shape[0] != logits.shape[n_axis]:
         raise ValueError(f"labels shape {labels.shape} does not match logits shape {logits.shape}")
 
 
+def _nan_out_of_range(scores, labels, num_classes):
+    bad = (labels < 0) | (labels >= num_classes)
+    return jnp.where(bad, jnp.asarray(jnp.nan, scores.dtype), scores)
+
+
 def loss_scores(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example cross-entropy ``[n]`` of ``logits [n, C]`` and int ``labels [n]``."""
+    """Per-example cross-entropy ``[n]`` of ``logits [n, C]`` and int ``labels [n]``.
+
+    A label outside ``range(C)`` is a ``ValueError`` when concrete and a NaN score under ``jit``.
+    """
     _check_logits_labels(logits, labels)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return _nan_out_of_range(losses, labels, logits.shape[-1])
 
 
 def grad_norm_scores(logits: jax.Array, labels: jax.Array, features: jax.Array) -> jax.Array:
@@ -243,7 +277,7 @@ def grad_norm_scores(logits: jax.Array, labels: jax.Array, features: jax.Array) 
 
     Args:
       logits: ``[n, C]``.
-      labels: ``[n]`` ints.
+      labels: ``[n]`` ints in ``range(C)`` (as in :func:`loss_scores`: NaN under ``jit``).
       features: ``[n, d]`` penultimate features (the last layer's input).
 
     Returns:
@@ -255,7 +289,8 @@ def grad_norm_scores(logits: jax.Array, labels: jax.Array, features: jax.Array) 
         raise ValueError(f"features shape {features.shape} does not match logits {logits.shape}")
     residual = jax.nn.softmax(logits) - jax.nn.one_hot(labels, logits.shape[-1],
                                                         dtype=logits.dtype)
-    return jnp.linalg.norm(residual, axis=-1) * jnp.linalg.norm(features, axis=-1)
+    scores = jnp.linalg.norm(residual, axis=-1) * jnp.linalg.norm(features, axis=-1)
+    return _nan_out_of_range(scores, labels, logits.shape[-1])
 
 
 def el2n_scores(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -264,20 +299,17 @@ def el2n_scores(logits: jax.Array, labels: jax.Array) -> jax.Array:
     Args:
       logits: ``[..., n, C]``; leading axes (e.g. an ensemble of early-training models) are
         averaged over.
-      labels: ``[n]`` ints.
+      labels: ``[n]`` ints in ``range(C)`` (as in :func:`loss_scores`: NaN under ``jit``).
 
     Returns:
       ``[n]`` scores in ``[0, sqrt(2)]``.
     """
-    if logits.ndim < 2:
-        raise ValueError(f"logits must have shape [..., n, C], got {logits.shape}")
-    check_rank("labels", labels, 1, "[n]")
-    if labels.shape[0] != logits.shape[-2]:
-        raise ValueError(f"labels shape {labels.shape} does not match logits shape {logits.shape}")
+    _check_logits_labels(logits, labels, n_axis=-2)
     residual = jax.nn.softmax(logits) - jax.nn.one_hot(labels, logits.shape[-1],
                                                         dtype=logits.dtype)
     norms = jnp.linalg.norm(residual, axis=-1)
-    return norms.reshape((-1, logits.shape[-2])).mean(0)
+    return _nan_out_of_range(norms.reshape((-1, logits.shape[-2])).mean(0), labels,
+                             logits.shape[-1])
 
 
 def entropy_scores(logits: jax.Array) -> jax.Array:
@@ -316,11 +348,17 @@ def log_weights_from_scores(scores: jax.Array, *, power: float | jax.Array = 1.0
     All-zero scores give the uniform distribution. ``power`` and ``mix`` may be traced.
 
     Args:
-      scores: ``[n]`` non-negative scores (checked when concrete).
-      power: sharpening exponent (> 0).
+      scores: ``[n]`` non-negative scores, ``n >= 1`` (values checked when concrete).
+      power: sharpening exponent (finite, > 0).
       mix: uniform mixing proportion in ``[0, 1]``.
+
+    Out-of-range ``power`` or ``mix`` (NaN included) is a ``ValueError`` when concrete; under
+    ``jit`` it gives NaN log-weights, which the samplers turn into NaN weights.
     """
     check_weights(scores, "scores", allow_all_zero=True)
+    check_nonempty("scores", scores)
+    check_scalar("power", power, low=0.0, low_open=True)
+    check_scalar("mix", mix, low=0.0, high=1.0)
     n = scores.shape[0]
     ls = power * jnp.log(scores)
     ls = jnp.where(jnp.all(scores <= 0), 0.0, ls)

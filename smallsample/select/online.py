@@ -19,8 +19,16 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from smallsample.select._checks import check_k, check_rank, check_size, check_weights
+from smallsample.select._checks import (
+    check_k,
+    check_rank,
+    check_scalar,
+    check_size,
+    check_weights,
+    is_concrete,
+)
 from smallsample.select.importance import (
     ImportanceSample,
     importance_sample,
@@ -69,18 +77,23 @@ def online_importance_sampler(num_examples: int, *, batch_size: int, decay: floa
       batch_size: static batch size ``k``.
       decay: EMA decay in ``[0, 1)``; may be traced.
       mix: uniform mixing proportion in ``(0, 1]`` (0 allows unbounded weights); may be traced.
-      power: sharpening exponent on the scores; may be traced.
+      power: sharpening exponent on the scores (> 0); may be traced.
       replace: i.i.d. batches or distinct examples per batch (Gumbel-top-k).
+
+    Checks: ``decay``, ``mix`` and ``power`` outside their ranges (NaN included) raise
+    ``ValueError`` when concrete; traced, a NaN ``power`` or ``mix`` gives NaN weights. In
+    ``update``, ``indices`` outside ``[0, n)`` and negative or non-finite ``losses`` raise when
+    concrete; under ``jit`` out-of-range indices are ignored (never wrapped like NumPy's negative
+    indices).
 
     Returns:
       An :class:`OnlineImportanceSampler`.
     """
     n = check_size("num_examples", num_examples)
     k = check_k(batch_size, n, replace=replace)
-    if isinstance(decay, (int, float)) and not 0.0 <= decay < 1.0:
-        raise ValueError(f"decay must be in [0, 1), got {decay}")
-    if isinstance(mix, (int, float)) and not 0.0 <= mix <= 1.0:
-        raise ValueError(f"mix must be in [0, 1], got {mix}")
+    check_scalar("decay", decay, low=0.0, high=1.0, high_open=True)
+    check_scalar("mix", mix, low=0.0, high=1.0)
+    check_scalar("power", power, low=0.0, low_open=True)
 
     def init(scores: jax.Array | None = None) -> OnlineImportanceState:
         if scores is None:
@@ -98,12 +111,24 @@ def online_importance_sampler(num_examples: int, *, batch_size: int, decay: floa
         check_rank("losses", losses, 1, "[b]")
         if indices.shape != losses.shape:
             raise ValueError(f"indices shape {indices.shape} != losses shape {losses.shape}")
+        if not jnp.issubdtype(indices.dtype, jnp.integer):
+            raise ValueError(f"indices must be integers, got dtype {indices.dtype}")
+        if is_concrete(indices):
+            idx = np.asarray(indices)
+            out = (idx < 0) | (idx >= n)
+            if out.any():
+                raise ValueError(f"indices must lie in [0, {n}); got {idx[out][:5]} at positions "
+                                 f"{np.flatnonzero(out)[:10]}")
         check_weights(losses, "losses", allow_all_zero=True)
         losses = losses.astype(jnp.float32)
-        old = state.scores[indices]
-        new = jnp.where(state.seen[indices], decay * old + (1 - decay) * losses, losses)
-        return OnlineImportanceState(state.scores.at[indices].set(new),
-                                     state.seen.at[indices].set(True), state.count + 1)
+        # out of range -> n, which mode="drop" ignores (a negative index would otherwise wrap)
+        indices = jnp.where((indices >= 0) & (indices < n), indices, n)
+        old = state.scores.at[indices].get(mode="fill", fill_value=0.0)
+        seen = state.seen.at[indices].get(mode="fill", fill_value=False)
+        new = jnp.where(seen, decay * old + (1 - decay) * losses, losses)
+        return OnlineImportanceState(state.scores.at[indices].set(new, mode="drop"),
+                                     state.seen.at[indices].set(True, mode="drop"),
+                                     state.count + 1)
 
     def effective_scores(state):
         any_seen = jnp.any(state.seen)
