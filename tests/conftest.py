@@ -1,8 +1,13 @@
-"""Shared test set-up: where the data is, and a per-session array cache."""
+"""Shared test set-up: where the data is, NumPy float64 references of the layers, and the
+``onednn`` marker (tests that need oneDNN's convolution built skip, saying why, where it is not).
+
+Test files share helpers through this file only, never by importing each other."""
 
 import os
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # Not set here: XLA_FLAGS=--xla_backend_optimization_level=0 would halve compile times, but with
@@ -16,6 +21,53 @@ DATA = Path(os.environ.get("SMALLSAMPLE_DATA", SHARED))
 def pytest_configure(config):
     if (DATA / "omniglot").exists():
         os.environ.setdefault("SMALLSAMPLE_DATA", str(DATA))
+    config.addinivalue_line("markers", "onednn: needs oneDNN's convolution built "
+                            "(pip install '.[onednn]' && smallsample onednn build)")
+
+
+def pytest_collection_modifyitems(config, items):
+    marked = [item for item in items if item.get_closest_marker("onednn")]
+    if not marked:
+        return
+    from smallsample.models import onednn  # noqa: PLC0415
+
+    if onednn.available():
+        return
+    skip = pytest.mark.skip(reason=f"oneDNN convolution not available: {onednn.status()[1]}")
+    for item in marked:
+        item.add_marker(skip)
+
+
+def np_conv(x, k, stride, pad):
+    """NumPy float64 reference: zero padding ``pad`` on every side, then a strided correlation."""
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    kh, kw = k.shape[:2]
+    ho, wo = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, k.shape[3]))
+    for i in range(ho):
+        for j in range(wo):
+            patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw, :]
+            out[:, i, j] = np.einsum("nabc,abco->no", patch, k)
+    return out
+
+
+def np_bn(x, scale, bias, eps=1e-5):
+    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+    return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def np_pool(x):
+    n, h, w, c = x.shape
+    return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4))
+
+
+
+
+@pytest.fixture(scope="session")
+def np_ref():
+    """NumPy float64 references: ``conv(x, k, stride, pad)``, ``bn(x, scale, bias)``,
+    ``pool(x)`` (2x2 max-pool, floor mode)."""
+    return types.SimpleNamespace(conv=np_conv, bn=np_bn, pool=np_pool)
 
 
 @pytest.fixture(scope="session")

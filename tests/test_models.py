@@ -19,36 +19,13 @@ def x64():
         yield
 
 
-def np_conv(x, k, stride, pad):
-    """NumPy float64 reference: zero padding ``pad`` on every side, then a strided correlation."""
-    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    kh, kw = k.shape[:2]
-    ho, wo = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
-    out = np.zeros((x.shape[0], ho, wo, k.shape[3]))
-    for i in range(ho):
-        for j in range(wo):
-            patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw, :]
-            out[:, i, j] = np.einsum("nabc,abco->no", patch, k)
-    return out
-
-
-def np_bn(x, scale, bias, eps=1e-5):
-    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
-    return (x - mean) / np.sqrt(var + eps) * scale + bias
-
-
-def np_pool(x):
-    n, h, w, c = x.shape
-    return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4))
-
-
 @pytest.mark.parametrize("impl", ["xla", "im2col"])
 @pytest.mark.parametrize("size,stride", [(8, 2), (7, 2), (6, 1)])
-def test_conv2d_equals_numpy_with_symmetric_padding(impl, size, stride):
+def test_conv2d_equals_numpy_with_symmetric_padding(impl, size, stride, np_ref):
     rng = np.random.default_rng(size)
     x, k = rng.normal(size=(2, size, size, 3)), rng.normal(size=(3, 3, 3, 4))
     out = jax.jit(lambda x, k: conv2d(x, k, stride=stride, padding=1, impl=impl))(x, k)
-    np.testing.assert_allclose(out, np_conv(x, k, stride, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out, np_ref.conv(x, k, stride, 1), rtol=1e-12, atol=1e-12)
     if (size, stride) == (8, 2):  # flax's 'SAME' pads (0, 1) here: a different result
         same = jax.lax.conv_general_dilated(x, k, (2, 2), "SAME",
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -75,12 +52,12 @@ def shapes(model, x_shape):
 
 
 @pytest.mark.parametrize("size", [6, 7])
-def test_max_pool2_values_and_derivatives_equal_numpy(size):
+def test_max_pool2_values_and_derivatives_equal_numpy(size, np_ref):
     """Floor-mode values; reverse and forward mode send each window's derivative to its first
     maximum (NumPy reference); second order through it by finite differences."""
     rng = np.random.default_rng(size)
     x, w = rng.normal(size=(2, size, size, 3)), rng.normal(size=(2, size // 2, size // 2, 3))
-    np.testing.assert_array_equal(jax.jit(max_pool2)(x), np_pool(x))
+    np.testing.assert_array_equal(jax.jit(max_pool2)(x), np_ref.pool(x))
     ref = np.zeros_like(x)  # d/dx sum(w * pool(x))
     for n, i, j, c in np.ndindex(w.shape):
         win = x[n, 2 * i:2 * i + 2, 2 * j:2 * j + 2, c]
@@ -227,20 +204,20 @@ def test_conv4_conv_bias_is_cancelled_by_batch_norm(downsample):
         np.testing.assert_allclose(ga[f"Conv_{i}"]["bias"], 0, atol=1e-10)
 
 
-def np_resnet12(params, x):
+def np_resnet12(params, x, ref):
     leaky = lambda v: np.where(v > 0, v, 0.1 * v)
     for i in range(1, 5):
         p = jax.tree.map(np.asarray, params[f"block{i}"])
-        bn = lambda v, name, p=p: np_bn(v, p[name]["scale"], p[name]["bias"])
-        y = leaky(bn(np_conv(x, p["conv1"]["kernel"], 1, 1), "bn1"))
-        y = leaky(bn(np_conv(y, p["conv2"]["kernel"], 1, 1), "bn2"))
-        y = bn(np_conv(y, p["conv3"]["kernel"], 1, 1), "bn3")
-        short = bn(np_conv(x, p["shortcut_conv"]["kernel"], 1, 0), "shortcut_bn")
-        x = np_pool(leaky(y + short))
+        bn = lambda v, name, p=p: ref.bn(v, p[name]["scale"], p[name]["bias"])
+        y = leaky(bn(ref.conv(x, p["conv1"]["kernel"], 1, 1), "bn1"))
+        y = leaky(bn(ref.conv(y, p["conv2"]["kernel"], 1, 1), "bn2"))
+        y = bn(ref.conv(y, p["conv3"]["kernel"], 1, 1), "bn3")
+        short = bn(ref.conv(x, p["shortcut_conv"]["kernel"], 1, 0), "shortcut_bn")
+        x = ref.pool(leaky(y + short))
     return x.reshape(x.shape[0], -1)
 
 
-def test_resnet12_equals_a_numpy_forward_pass():
+def test_resnet12_equals_a_numpy_forward_pass(np_ref):
     # im2col here; conv2d's two lowerings are compared above. Parameters are drawn in NumPy on
     # the structure from eval_shape (compiling the initialiser is slow on a shared CPU), with
     # BatchNorm's scale and shift away from 1 and 0.
@@ -250,7 +227,7 @@ def test_resnet12_equals_a_numpy_forward_pass():
     structure, _ = shapes(model, x.shape)
     params = jax.tree.map(lambda s: rng.normal(size=s.shape), structure["params"])
     out = jax.jit(model.apply)({"params": params}, x)
-    np.testing.assert_allclose(out, np_resnet12(params, x), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out, np_resnet12(params, x, np_ref), rtol=1e-10, atol=1e-12)
 
 
 def test_models_reject_bad_inputs():

@@ -1,9 +1,13 @@
 """oneDNN convolutions (``conv_impl='onednn'``): values against a NumPy float64 convolution,
 first and second derivatives (reverse over reverse, forward over reverse) and ``vmap`` against
-XLA's convolution in float64, Conv-4 against im2col, and the failure modes of the build."""
+XLA's convolution in float64, Conv-4 against im2col, and the explicit build: its failure modes,
+its manifest, and a planted library refused.
 
-import platform
-import sys
+The numeric tests are marked ``onednn``: they skip, saying why, where the extra is not built
+(``pip install '.[onednn]' && smallsample onednn build``); the build tests skip where the extra's
+wheels or a compiler are missing."""
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +17,8 @@ import pytest
 from smallsample.models import onednn
 from smallsample.models.conv4 import Conv4
 from smallsample.models.layers import conv2d, default_conv_impl
-from tests.test_models import np_conv
 
-SUPPORTED = sys.platform == "linux" and platform.machine() == "x86_64"
-pytestmark = pytest.mark.skipif(not SUPPORTED, reason="oneDNN wheels: Linux x86-64 only")
+ONEDNN = pytest.mark.onednn
 
 CASES = [  # (n, size, cin, cout, kernel, stride, pad)
     (2, 6, 3, 4, 3, 1, 1), (2, 7, 3, 4, 3, 2, 1), (2, 8, 1, 5, 3, 2, 1), (3, 5, 4, 2, 1, 1, 0),
@@ -25,9 +27,10 @@ CASES = [  # (n, size, cin, cout, kernel, stride, pad)
 ]
 
 
-def test_available_on_linux_x86_64():
-    """The dependencies install oneDNN here, so 'auto' must pick it for float32 on CPU."""
-    assert onednn.available(), "oneDNN convolution failed to build or load"
+@ONEDNN
+def test_auto_picks_onednn_once_built():
+    """Built and verified, so 'auto' picks it for float32 on CPU, and only there."""
+    assert onednn.available()
     assert default_conv_impl("cpu", jnp.float32) == "onednn"
     assert default_conv_impl("cpu", jnp.float64) == "im2col"
     assert default_conv_impl("gpu", jnp.float32) == "xla"
@@ -55,14 +58,16 @@ def _close(a, b, rtol=2e-5):
     np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max())
 
 
+@ONEDNN
 @pytest.mark.parametrize("case", CASES)
-def test_forward_equals_numpy_float64(case):
+def test_forward_equals_numpy_float64(case, np_ref):
     x, w, stride, pad = _data(case)
-    ref = np_conv(x.astype(np.float64), w.astype(np.float64), stride, pad)
+    ref = np_ref.conv(x.astype(np.float64), w.astype(np.float64), stride, pad)
     _close(jax.jit(_f32, static_argnums=(2, 3))(x, w, stride, pad), ref)
     _close(_f32(x, w, stride, pad), ref)  # eager too
 
 
+@ONEDNN
 @pytest.mark.parametrize("case", CASES)
 def test_derivatives_equal_xla_float64(case):
     """Gradients, a second-order reverse-over-reverse derivative (as second-order MAML takes)
@@ -90,6 +95,7 @@ def test_derivatives_equal_xla_float64(case):
         _close(a, b, rtol=2e-4)
 
 
+@ONEDNN
 def test_vmap_over_shared_and_per_task_weights():
     x, w, stride, pad = _data((2, 7, 3, 4, 3, 2, 1), 3)
     xs = np.stack([x, x + 1, 2 * x])
@@ -111,6 +117,7 @@ def test_vmap_over_shared_and_per_task_weights():
         _close(a, b, rtol=1e-4)
 
 
+@ONEDNN
 @pytest.mark.parametrize("downsample", ["pool", "stride"])
 def test_conv4_onednn_equals_im2col(downsample):
     x = np.random.default_rng(5).normal(size=(6, 16, 16, 1)).astype(np.float32)
@@ -130,6 +137,7 @@ def test_conv4_onednn_equals_im2col(downsample):
         _close(a, b, rtol=2e-3)
 
 
+@ONEDNN
 def test_non_float32_is_refused_with_the_dtypes():
     x, w = np.zeros((1, 4, 4, 1)), np.zeros((3, 3, 1, 2))
     with jax.enable_x64(True), pytest.raises(ValueError, match="float32.*float64"):
@@ -142,18 +150,43 @@ def test_missing_onednn_names_where_it_looked(tmp_path, monkeypatch):
         onednn.onednn_root()
 
 
+def _need_toolchain():
+    try:
+        onednn._plan()
+    except onednn.OneDNNUnavailable as e:
+        pytest.skip(f"the oneDNN extra's wheels or a compiler are missing: {e}")
+
+
 def test_failed_build_says_why_and_leaves_nothing(tmp_path, monkeypatch):
     """A compiler that fails: a clear error with the command, and no (half-written) library."""
     monkeypatch.setenv("SMALLSAMPLE_BUILD_DIR", str(tmp_path / "build"))
     monkeypatch.setenv("CXX", "false")
+    _need_toolchain()
     with pytest.raises(onednn.OneDNNUnavailable, match="building onednn_conv.cc failed.*false"):
-        onednn.library_path.__wrapped__()
+        onednn.build()
     assert list((tmp_path / "build").iterdir()) == []
 
 
-def test_build_is_cached_under_a_content_hash(tmp_path, monkeypatch):
+def test_build_writes_a_verified_library_once_and_refuses_a_planted_one(tmp_path, monkeypatch):
+    """Nothing is built by looking (status, available); `build` compiles once under a content
+    hash with a manifest of its sha256; a second build reuses it; a library whose bytes no
+    longer match the manifest, or that has no manifest, is not loaded."""
     monkeypatch.setenv("SMALLSAMPLE_BUILD_DIR", str(tmp_path))
-    first = onednn.library_path.__wrapped__()
+    _need_toolchain()
+    path, why = onednn.status()
+    assert path is None and "not built" in why and "smallsample onednn build" in why
+    assert not any(tmp_path.iterdir())  # looking built nothing
+    first = onednn.build()
     assert first.parent == tmp_path and first.name.startswith("libsmallsample_onednn_")
+    manifest = json.loads(first.with_suffix(".json").read_text())
+    assert manifest["sha256"] == onednn._sha256(first)
+    assert onednn.status()[0] == first
     mtime = first.stat().st_mtime_ns
-    assert onednn.library_path.__wrapped__() == first and first.stat().st_mtime_ns == mtime
+    assert onednn.build() == first and first.stat().st_mtime_ns == mtime  # reused
+    first.write_bytes(first.read_bytes() + b"planted")  # another file at the cached name
+    path, why = onednn.status()
+    assert path is None and "does not match its manifest" in why
+    first.with_suffix(".json").unlink()
+    path, why = onednn.status()
+    assert path is None and "no valid manifest" in why
+    assert onednn.build(force=True) == first and onednn.status()[0] == first

@@ -17,6 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smallsample.models import onednn
+from smallsample.models.onednn import conv_output_hw
+
 ConvImpl = Literal["auto", "xla", "im2col", "shift", "onednn"]
 Initializer = Callable[..., jax.Array]
 
@@ -24,23 +27,17 @@ Initializer = Callable[..., jax.Array]
 def default_conv_impl(backend: str | None = None, dtype=None, *, per_task: bool = False) -> str:
     """The lowering ``impl='auto'`` picks.
 
-    On CPU: ``'onednn'`` for float32 where oneDNN's convolution can be built
-    (:func:`smallsample.models.onednn.available`), else ``'im2col'``; :func:`conv2d` with
+    On CPU: ``'onednn'`` for float32 where oneDNN's convolution has been built
+    (``smallsample onednn build``; :func:`smallsample.models.onednn.available`), else
+    ``'im2col'``; :func:`conv2d` with
     ``impl='auto'`` then still takes im2col for small convolutions (``ONEDNN_MIN_POSITIONS``).
     On GPUs: ``'xla'`` (cuDNN's convolutions), except ``per_task=True`` (a MAML-family
     learner's network, run with per-task weights in a vmapped, differentiated inner loop; see
     :func:`inner_loop_model`), which takes ``'im2col'``. Elsewhere (TPU): ``'xla'``.
 
-    Measured on a 2-core CPU: a Conv-4 prototypical-network step over 360 28x28 images took 28 s
-    with XLA's convolution and 1.5 s with im2col (``benchmarks/bench_conv.py``); oneDNN ran one
-    64-channel 3x3 layer's forward and backward 1.25-1.9x faster than im2col.
-
-    Measured on one NVIDIA H200 (jax 0.11.2, ``scripts/gpu_check.py``), step time with cuDNN's
-    convolutions over im2col: MAML Omniglot 5-way 1-shot 16.5 / 3.05 ms (5.4x), first-order 3.4x,
-    ANIL 4.0x, 5-shot 4.8x, 20-way 5 steps 3.5x, mini-ImageNet MAML 1.8x; with shared weights
-    ProtoNet Omniglot at 32 episodes a step 1.2x, but mini-ImageNet ProtoNet 0.65x (cuDNN faster).
-    XLA lowers a convolution whose weights are vmapped to a grouped convolution, slow in cuDNN
-    (and in its gradients), and the MAML step's small stride-2 layers suit matrix products.
+    Why: XLA lowers a convolution whose weights are vmapped (per-task weights) to a grouped
+    convolution, slow on CPU and in cuDNN; im2col makes it a batched matrix product, and oneDNN
+    convolves NHWC directly on CPU (docs/performance.md, "convolution lowering").
     """
     backend = backend or jax.default_backend()
     if backend == "gpu":
@@ -48,7 +45,6 @@ def default_conv_impl(backend: str | None = None, dtype=None, *, per_task: bool 
     if backend != "cpu":
         return "xla"
     if dtype is None or jnp.dtype(dtype) == jnp.float32:
-        from smallsample.models import onednn
         if onednn.available():
             return "onednn"
     return "im2col"
@@ -65,18 +61,9 @@ def inner_loop_model(model, backend: str | None = None):
 
 
 # ``impl='auto'`` on CPU calls oneDNN only for convolutions with at least this many output
-# positions (n * Ho * Wo); below it oneDNN's per-call cost outweighs its speed. Forward and
-# backward of one 3x3, 64-filter layer, oneDNN over im2col (2-core CPU,
-# benchmarks/bench_conv_onednn.py): 2.1-2.2x at 14,700-78,400 positions, 1.5-1.8x at 4,900,
-# 1.1x at 3,675, 0.9-1.0x at 900-1,225, 0.6-0.8x at 20-980. On an AVX-512 CPU oneDNN wins lower
-# (1.25-1.35x at 900-1,200 positions), but whole MAML 5w1s and ProtoNet steps with the threshold
-# at 800-1,000 were no faster there (1.004x, 1.010x; benchmarks/README.md), so it stays.
+# positions (n * Ho * Wo); below it oneDNN's per-call cost outweighs its speed
+# (docs/performance.md, "convolution lowering").
 ONEDNN_MIN_POSITIONS = 2048
-
-
-def conv_output_hw(x_shape, kernel_shape, stride: int, padding: int) -> tuple[int, int]:
-    """``(Ho, Wo)`` of :func:`conv2d` on ``x [n, H, W, Cin]`` with ``kernel [kh, kw, ...]``."""
-    return tuple((x_shape[1 + i] + 2 * padding - kernel_shape[i]) // stride + 1 for i in (0, 1))
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 1,
@@ -95,7 +82,6 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 1
         if impl == "onednn" and x.shape[0] * ho * wo < ONEDNN_MIN_POSITIONS:
             impl = "im2col"
     if impl == "onednn":
-        from smallsample.models import onednn
         return onednn.conv2d(x, kernel, stride=stride, padding=padding)
     if impl == "xla":
         return jax.lax.conv_general_dilated(

@@ -1,10 +1,10 @@
-"""2-D convolutions through oneDNN on CPU, as JAX primitives (``conv_impl='onednn'``).
+"""2-D convolutions through oneDNN on CPU, as JAX primitives (``conv_impl='onednn'``): an
+optional extra, built explicitly.
 
-XLA's CPU backend has no fast convolution: its own is 7-10x slower than an im2col matrix product
-here, and im2col spends half its time materialising patches (``benchmarks/README.md``). oneDNN,
-the library behind PyTorch's CPU convolutions, convolves NHWC activations directly. This module
-compiles a small C++ file (``onednn_conv.cc``) against oneDNN and XLA's FFI headers once, caches
-the shared library, and exposes three primitives:
+XLA's CPU backend has no fast convolution; oneDNN, the library behind PyTorch's CPU
+convolutions, convolves NHWC activations directly (docs/performance.md, "convolution lowering").
+This module exposes three primitives over a small C++ file (``onednn_conv.cc``) compiled against
+oneDNN and XLA's FFI headers:
 
 - ``fwd(x, w) = y``,
 - ``bwd_data(g, w) = dx``,
@@ -13,17 +13,21 @@ the shared library, and exposes three primitives:
 Each is bilinear and the transpose of another in each argument, so every order of
 differentiation works: reverse over reverse (second-order MAML), forward over reverse (iMAML's
 Hessian-vector products) and ``vmap``. Shared weights fold the mapped axis into the batch; per-task
-weights run the tasks one after another (``lax.map``).
+weights run the tasks one after another (``lax.map``). The primitives run on CPU in float32; on
+other platforms they lower to XLA's convolution, so a model built with ``'onednn'`` runs anywhere.
 
-The primitives run on CPU in float32. On other platforms they lower to XLA's convolution, so a
-model built with ``'onednn'`` still runs anywhere.
+Building is a step of its own, never a side effect of tracing::
 
-The build needs a C++17 compiler (``$CXX``, else ``g++``) and oneDNN's headers and library: the
-``onednn-cpu-gomp`` and ``onednn-devel-cpu-gomp`` wheels (dependencies on Linux x86-64), or
-``$SMALLSAMPLE_ONEDNN_ROOT`` with ``include/`` and ``lib/``. The library is written to
+    pip install 'smallsample[onednn]'     # the onednn-cpu-gomp and onednn-devel-cpu-gomp wheels
+    smallsample onednn build              # or: python -m smallsample.models.onednn build
+
+It needs a C++17 compiler (``$CXX``, else ``g++``) and oneDNN's headers and library (the wheels
+above, or ``$SMALLSAMPLE_ONEDNN_ROOT`` with ``include/`` and ``lib/``). The library is written to
 ``$SMALLSAMPLE_BUILD_DIR`` (default ``~/.cache/smallsample/build``) under a name that hashes its
-inputs, atomically, so concurrent first uses are safe. :func:`available` says whether it can be
-used; ``conv_impl='auto'`` picks it on CPU only then.
+inputs, beside a manifest holding its sha256; both are written atomically. A library is loaded
+only when its manifest matches its inputs and its bytes (a file planted at the cached name is
+refused). :func:`available` says whether a verified build is there (it never builds);
+``conv_impl='auto'`` picks oneDNN on CPU only then, and im2col otherwise.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -44,16 +49,23 @@ import numpy as np
 from jax.extend import core as jex_core
 from jax.interpreters import ad, batching, mlir
 
-from smallsample.models.layers import conv_output_hw
 from smallsample.paths import user_dir
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 _TARGETS = {"ss_conv_fwd": "SsConvFwd", "ss_conv_bwd_data": "SsConvBwdData",
             "ss_conv_bwd_weights": "SsConvBwdWeights"}
+BUILD_HINT = ("pip install 'smallsample[onednn]' && smallsample onednn build "
+              "(or python -m smallsample.models.onednn build)")
 
 
 class OneDNNUnavailable(RuntimeError):
-    """oneDNN's convolution could not be built or loaded (the message says why)."""
+    """oneDNN's convolution is not built, or could not be built or loaded (the message says
+    why)."""
+
+
+def conv_output_hw(x_shape, kernel_shape, stride: int, padding: int) -> tuple[int, int]:
+    """``(Ho, Wo)`` of a convolution of ``x [n, H, W, Cin]`` with ``kernel [kh, kw, ...]``."""
+    return tuple((x_shape[1 + i] + 2 * padding - kernel_shape[i]) // stride + 1 for i in (0, 1))
 
 
 def onednn_root() -> Path:
@@ -67,7 +79,7 @@ def onednn_root() -> Path:
     raise OneDNNUnavailable(
         "oneDNN not found: looked for include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so under "
         + ", ".join(str(c) for c in candidates)
-        + ". Install the onednn-cpu-gomp and onednn-devel-cpu-gomp wheels, or set "
+        + ". Install the extra (pip install 'smallsample[onednn]'), or set "
           "SMALLSAMPLE_ONEDNN_ROOT.")
 
 
@@ -75,20 +87,50 @@ def build_dir() -> Path:
     return user_dir("SMALLSAMPLE_BUILD_DIR", "build")
 
 
-@functools.cache
-def library_path() -> Path:
-    """Builds the shared library if needed and returns its path (raises OneDNNUnavailable)."""
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _plan() -> tuple[list[str], Path, Path, str]:
+    """``(compile command without -o, library path, manifest path, inputs key)`` for this
+    environment (raises OneDNNUnavailable without oneDNN or a compiler)."""
     root = onednn_root()
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
         raise OneDNNUnavailable("no C++ compiler: set CXX or install g++")
-    include = jax.ffi.include_dir()
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{include}",
+    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
            f"-I{root / 'include'}", str(SOURCE), f"-L{root / 'lib'}", "-ldnnl",
            f"-Wl,-rpath,{root / 'lib'}"]
     key = hashlib.sha256("\0".join([SOURCE.read_text(), jax.__version__, *cmd]).encode())
-    out = build_dir() / f"libsmallsample_onednn_{key.hexdigest()[:16]}.so"
-    if out.is_file():
+    key = key.hexdigest()
+    out = build_dir() / f"libsmallsample_onednn_{key[:16]}.so"
+    return cmd, out, out.with_suffix(".json"), key
+
+
+def status() -> tuple[Path | None, str]:
+    """``(library, why)``: the verified library for this environment, or None and the reason."""
+    try:
+        _, out, manifest, key = _plan()
+    except OneDNNUnavailable as e:
+        return None, str(e)
+    if not out.is_file():
+        return None, f"oneDNN's convolution is not built (no {out}): {BUILD_HINT}"
+    try:
+        meta = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None, (f"{out} has no valid manifest ({manifest}): not loaded; rebuild with "
+                      f"smallsample onednn build --force")
+    if meta.get("inputs") != key or meta.get("sha256") != _sha256(out):
+        return None, (f"{out} does not match its manifest {manifest} (inputs or sha256): not "
+                      f"loaded; rebuild with smallsample onednn build --force")
+    return out, f"built and verified: {out}"
+
+
+def build(*, force: bool = False) -> Path:
+    """Compiles the library for this environment (unless a verified one is there and not
+    ``force``) and writes its manifest; returns its path. Raises OneDNNUnavailable."""
+    cmd, out, manifest, key = _plan()
+    if not force and status()[0] is not None:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
@@ -98,27 +140,35 @@ def library_path() -> Path:
         if proc.returncode != 0:
             raise OneDNNUnavailable(f"building {SOURCE.name} failed ({' '.join(cmd)}):\n"
                                     + proc.stderr[-2000:])
+        meta = {"inputs": key, "sha256": _sha256(Path(tmp)), "command": cmd,
+                "jax": jax.__version__, "source": SOURCE.name}
         os.replace(tmp, out)
+        fd, tmp_meta = tempfile.mkstemp(suffix=".json", dir=out.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(meta, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_meta, manifest)
     except subprocess.TimeoutExpired as e:
         raise OneDNNUnavailable(f"building {SOURCE.name} took over 300 s") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    _load_error.cache_clear()
     return out
 
 
 @functools.cache
 def _load_error() -> OneDNNUnavailable | None:
-    """Builds, loads and registers the library once per process; the failure, if any, is kept
-    (so a missing compiler is not retried at every trace)."""
+    """Loads and registers the verified library once per process; the failure, if any, is kept
+    (so a missing build is not looked for at every trace)."""
+    path, why = status()
+    if path is None:
+        return OneDNNUnavailable(why)
     try:
-        path = library_path()
-        try:
-            lib = ctypes.cdll.LoadLibrary(str(path))
-        except OSError as e:
-            raise OneDNNUnavailable(f"loading {path} failed: {e}") from e
-    except OneDNNUnavailable as e:
-        return e
+        lib = ctypes.cdll.LoadLibrary(str(path))
+    except OSError as e:
+        return OneDNNUnavailable(f"loading {path} failed: {e}")
     for target, symbol in _TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
                                     platform="cpu")
@@ -132,7 +182,8 @@ def _register() -> None:
 
 
 def available() -> bool:
-    """Whether the oneDNN convolution can be built and loaded here (never raises)."""
+    """Whether a verified build of the oneDNN convolution is there and loads (never builds,
+    never raises)."""
     return _load_error() is None
 
 
@@ -245,3 +296,28 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 1
                          f"{kernel.dtype}; use conv_impl='im2col' or 'xla' for other dtypes")
     _register()
     return fwd_p.bind(x, kernel, stride=int(stride), pad=int(padding))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m smallsample.models.onednn build [--force] | status``."""
+    import argparse  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(prog="smallsample onednn",
+                                description="build or check oneDNN's CPU convolution")
+    p.add_argument("action", choices=["build", "status"])
+    p.add_argument("--force", action="store_true", help="rebuild even if a verified build exists")
+    args = p.parse_args(argv)
+    if args.action == "status":
+        path, why = status()
+        print(why)
+        return 0 if path is not None else 1
+    try:
+        print(f"built: {build(force=args.force)}")
+    except OneDNNUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
