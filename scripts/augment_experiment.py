@@ -19,7 +19,7 @@ import numpy as np
 from smallsample.config import make_config
 from smallsample.evaluate import mean_ci95
 from smallsample.registry import load_data
-from smallsample.train import train
+from smallsample.train import train_and_evaluate
 
 PIPELINE = "affine(max_degrees=10,max_pixels=2,min_scale=0.9,max_scale=1.1,max_shear=10)"
 
@@ -41,7 +41,7 @@ def main():
         cfg = make_config(None, common + extra)
         data = data or load_data(cfg, root=args.data)
         t = time.time()
-        res = train(cfg, Path(args.runs) / name, progress=False, data=data)
+        res = train_and_evaluate(cfg, Path(args.runs) / name, progress=False, data=data)
         rows.append({"augmentation": cfg.augment or "none", "test_accuracy": res.test.mean,
                      "ci95": res.test.ci95, "episodes": len(res.test.accuracies),
                      "steps": res.steps, "seconds": time.time() - t})

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -31,8 +29,8 @@ def _split_preset(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args) -> int:
-    from smallsample.registry import load_data  # noqa: PLC0415
-    from smallsample.train import train  # noqa: PLC0415
+    from smallsample.registry import load_data, validate  # noqa: PLC0415
+    from smallsample.train import train_and_evaluate  # noqa: PLC0415
 
     preset, overrides = _split_preset(args.settings)
     if args.augment:
@@ -41,16 +39,22 @@ def cmd_train(args) -> int:
     if args.resume:
         if run_dir is None:
             raise SystemExit("error: --resume needs --run-dir")
-        config = Config.from_json((run_dir / "config.json").read_text())
-        if overrides:
-            config = make_config(None, [f"{k}={v}" for k, v in json.loads(config.to_json())
-                                        .items()] + overrides)
+        if preset:
+            raise SystemExit(f"error: --resume continues the run in {run_dir} with its saved "
+                             f"config; a preset ({preset!r}) cannot be given")
+        path = run_dir / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot resume: {path} does not exist")
+        # the saved config with the overrides on top; train_and_evaluate refuses any override
+        # that may not change on resume, naming it
+        config = make_config(None, overrides, base=Config.from_json(path.read_text()))
     else:
-        config = make_config(preset or "quickstart", overrides)
+        config = validate(make_config(preset or "quickstart", overrides))
         run_dir = run_dir or Path("runs") / (preset or "quickstart")
     print(f"run folder: {run_dir}")
     data = load_data(config, root=args.data)
-    result = train(config, run_dir, resume=args.resume, progress=not args.no_progress, data=data)
+    result = train_and_evaluate(config, run_dir, resume=args.resume,
+                                progress=not args.no_progress, data=data)
     if result.test is not None:
         print(f"{config.ways}-way {config.shots}-shot test accuracy: "
               f"{100 * result.test.mean:.2f} +- {100 * result.test.ci95:.2f}% "
@@ -62,13 +66,11 @@ def cmd_train(args) -> int:
 
 def _restore(run_dir: Path, config: Config, ways: int, test: bool = True):
     from smallsample.registry import build_learner  # noqa: PLC0415
-    from smallsample.train import load_params  # noqa: PLC0415
+    from smallsample.train import load_params, run_checkpoint  # noqa: PLC0415
 
     learner = build_learner(config, ways=ways, test=test)
-    for name in ("best.msgpack", "checkpoint.msgpack"):
-        if (run_dir / name).exists():
-            return learner, load_params(run_dir / name), name
-    raise SystemExit(f"error: {run_dir} has no checkpoint (best.msgpack or checkpoint.msgpack)")
+    path, name = run_checkpoint(run_dir)
+    return learner, load_params(path), name
 
 
 def _print_lake(config: Config, run_dir: Path, root) -> None:
@@ -93,7 +95,14 @@ def cmd_eval(args) -> int:
     from smallsample.registry import load_data  # noqa: PLC0415
 
     run_dir = Path(args.run_dir)
-    config = Config.from_json((run_dir / "config.json").read_text())
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: {path} does not exist")
+    config = Config.from_json(path.read_text())
+    for name in ("episodes", "ways", "shots"):
+        if getattr(args, name) is not None and getattr(args, name) < (2 if name == "ways" else 1):
+            raise ValueError(f"--{name} {getattr(args, name)} must be at least "
+                             f"{2 if name == 'ways' else 1}")
     ways = args.ways or config.ways
     shots = args.shots or config.shots
     learner, params, which = _restore(run_dir, config, ways)
@@ -189,10 +198,10 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from smallsample import bench  # noqa: PLC0415
+def cmd_onednn(args) -> int:
+    from smallsample.models import onednn  # noqa: PLC0415
 
-    return bench.main(args.rest)
+    return onednn.main([args.action] + (["--force"] if args.force else []))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run's checkpoint on fixed test episodes")
     e.add_argument("run_dir")
     e.add_argument("--episodes", type=int, default=600)
-    e.add_argument("--ways", type=int, default=0)
-    e.add_argument("--shots", type=int, default=0)
+    e.add_argument("--ways", type=int, default=None, help="default: the run's")
+    e.add_argument("--shots", type=int, default=None, help="default: the run's")
     e.add_argument("--lake", action="store_true", help="also report Lake's 20-run one-shot task")
     _add_data_arg(e)
     e.set_defaults(func=cmd_eval)
@@ -240,92 +249,32 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("presets", help="list the named presets")
     pr.set_defaults(func=cmd_presets)
 
-    b = sub.add_parser("bench", help="the benchmark suite (see smallsample bench --help)",
-                       add_help=False)
-    b.add_argument("rest", nargs=argparse.REMAINDER)
-    b.set_defaults(func=cmd_bench)
+    sub.add_parser("bench", help="the benchmark suite (see smallsample bench --help)",
+                   add_help=False)
+
+    o = sub.add_parser("onednn", help="build (or check) oneDNN's CPU convolution, an optional "
+                       "extra: pip install 'smallsample[onednn]' first")
+    o.add_argument("action", choices=["build", "status"])
+    o.add_argument("--force", action="store_true", help="rebuild even if a verified build exists")
+    o.set_defaults(func=cmd_onednn)
     return p
 
 
-def use_compile_cache(path: str | Path | None) -> None:
-    """Keeps compiled programs in JAX's persistent compilation cache at ``path`` (None: off), so a
-    second run of the same job loads its programs instead of compiling them: the MAML Omniglot
-    5w1s step compiles in about 15 s and loads in about 2, and the compiler's transient memory
-    (peak 830 MB cold, 395 MB warm) is not paid. A process-wide JAX setting:
-    the command line's choice, never made by the library."""
-    if path is not None:
-        import jax  # noqa: PLC0415
-
-        jax.config.update("jax_compilation_cache_dir", str(path))
-
-
-def cpu_devices_per_core(environ=None) -> int | None:
-    """One JAX CPU device per core this process may run on (``jax_num_cpu_devices``), so that
-    meta-training can split its meta-batch over them (:func:`smallsample.parallel.auto_devices`):
-    each device runs its own tasks one at a time, with no communication but one all-reduce at the
-    end of the step. A small task's chain of small operations leaves cores idle that XLA's and
-    oneDNN's threads cannot fill; other tasks on other devices do (MAML Omniglot 5w1s on 2 cores:
-    1.11x the step on one device, ``benchmarks/README.md``). A computation that is not split runs
-    on the first device with every core, as before.
-
-    A process-wide JAX setting, made by the command line only, before JAX starts its backends.
-    Left alone where the user chose a count (``JAX_NUM_CPU_DEVICES``, or
-    ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``) or JAX has already started.
-    Returns the count set, or None."""
-    environ = os.environ if environ is None else environ
-    if ("JAX_NUM_CPU_DEVICES" in environ
-            or "xla_force_host_platform_device_count" in environ.get("XLA_FLAGS", "")):
-        return None
-    import jax  # noqa: PLC0415
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = max(1, cores or 1)
-    try:
-        jax.config.update("jax_num_cpu_devices", cores)
-    except RuntimeError:  # the backends have started: too late, leave them as they are
-        return None
-    return cores
+#: Commands that run JAX computations, and so get the process settings of
+#: :mod:`smallsample.runtime` (the others start faster without them).
+RUNTIME_COMMANDS = ("train", "eval", "episode", "bench")
 
 
 def entry() -> int:
-    """The ``smallsample`` console script: :func:`main` with two process-wide settings.
-
-    - glibc's heap on transparent huge pages (:func:`smallsample.procmem.hugepage_env`): where
-      the kernel gives them on request only (``madvise``), the command starts itself again once
-      with the glibc tunable that asks for them (glibc reads it at start-up only);
-      ``SMALLSAMPLE_HEAP=default`` leaves the process as started.
-    - The persistent compilation cache of :func:`smallsample.paths.compile_cache_dir`
-      (``SMALLSAMPLE_COMPILE_CACHE=off`` disables it; a ``JAX_COMPILATION_CACHE_DIR`` the user
-      set is left alone). ``bench`` measures cold compilation unless given ``--compile-cache``.
-    - One CPU device per core (:func:`cpu_devices_per_core`).
-    """
+    """The ``smallsample`` console script: the process settings of :mod:`smallsample.runtime`
+    (announced in one line on standard error, each with its off switch), then :func:`main`."""
     argv = sys.argv[1:]
-    _restart_with_hugepage_heap(argv)
-    if argv[:1] != ["bench"] and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        from smallsample.paths import compile_cache_dir  # noqa: PLC0415
+    if argv[:1] and argv[0] in RUNTIME_COMMANDS:
+        from smallsample import runtime  # noqa: PLC0415
 
-        use_compile_cache(compile_cache_dir())
-    cpu_devices_per_core()
+        # the suite measures cold compilation unless given --compile-cache
+        runtime.configure(argv, compile_cache=argv[0] != "bench")
     return main(argv)
-
-
-def _restart_with_hugepage_heap(argv: list[str]) -> None:
-    """Replaces this process with ``python -m smallsample ARGV`` whose environment asks glibc
-    for huge pages, unless it already does, the user said ``SMALLSAMPLE_HEAP=default``, the C
-    library is not glibc or the kernel's mode makes it moot (``always``, ``never``)."""
-    from smallsample import procmem  # noqa: PLC0415
-
-    if (os.environ.get("SMALLSAMPLE_HEAP") == "default" or procmem.hugepage_heap()
-            or not procmem.glibc()
-            or procmem.transparent_hugepages() != "madvise"):
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execve(sys.executable, [sys.executable, "-m", "smallsample", *argv],
-                  procmem.hugepage_env(os.environ))
-    except OSError:  # run as started
-        return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (DataError, ValueError, OSError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

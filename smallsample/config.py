@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 
@@ -80,6 +81,43 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
+    def check(self) -> Config:
+        """Raises a ``ValueError`` naming the first setting out of its range (names of learners,
+        backbones and data sets are checked by :func:`smallsample.registry.validate`, which
+        calls this); returns the config."""
+        positive = ("ways", "shots", "queries", "train_queries", "meta_batch", "pretrain_batch",
+                    "image_size", "width", "inner_steps", "steps", "steps_per_call",
+                    "eval_every", "log_every", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("train_ways", "train_shots", "per_class", "test_inner_steps", "chunks",
+                     "devices", "lr_decay_every", "val_episodes", "test_episodes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        for name in ("ways", "train_ways"):
+            if getattr(self, name) == 1:
+                raise ValueError(f"{name}=1: an episode needs at least 2 classes")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr={self.lr} must be a finite number > 0")
+        if not math.isfinite(self.inner_lr):
+            raise ValueError(f"inner_lr={self.inner_lr} must be finite")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose from "
+                                 f"{', '.join(allowed)}")
+        spc = self.call_steps
+        for name in ("steps", "log_every", "eval_every", "checkpoint_every"):
+            if getattr(self, name) % spc:
+                raise ValueError(f"{name}={getattr(self, name)} must be a multiple of "
+                                 f"steps_per_call={spc}")
+        return self
+
+    @property
+    def call_steps(self) -> int:
+        """Training steps fused into one device call: ``steps_per_call``, at most ``log_every``."""
+        return max(1, min(self.steps_per_call, self.log_every))
+
     @classmethod
     def from_json(cls, text: str) -> Config:
         values = json.loads(text)
@@ -91,6 +129,36 @@ class Config:
         if unknown:
             raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
         return cls(**values)
+
+
+#: The allowed values of the settings that are names (learners, backbones and data sets are the
+#: registry's tables).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "split": ("vinyals", "maml", "lake"),
+    "norm": ("separate", "support", "joint"),
+    "conv_impl": ("auto", "xla", "im2col", "shift", "onednn"),
+}
+
+#: Settings that may change when a run is resumed: they change how long it runs, what it logs
+#: and evaluates, or how its step is laid out on the hardware, not the training trajectory.
+RESUMABLE = frozenset({"steps", "log_every", "eval_every", "checkpoint_every", "val_episodes",
+                       "test_episodes", "steps_per_call", "devices", "chunks", "notes"})
+
+
+def resume_config(saved: Config, requested: Config) -> Config:
+    """The config a resumed run continues with: ``saved`` with the :data:`RESUMABLE` settings of
+    ``requested``. Any other difference is a ``ValueError`` naming the settings, since it would
+    change the run (start a new run for that)."""
+    changed = sorted(f.name for f in dataclasses.fields(Config)
+                     if getattr(saved, f.name) != getattr(requested, f.name))
+    refused = [k for k in changed if k not in RESUMABLE]
+    if refused:
+        raise ValueError(
+            "cannot change " + ", ".join(f"{k} ({getattr(saved, k)!r} -> "
+                                         f"{getattr(requested, k)!r})" for k in refused)
+            + " when resuming: it would change the run; start a new run folder instead "
+              f"(settings that can change on resume: {', '.join(sorted(RESUMABLE))})")
+    return saved.replace(**{k: getattr(requested, k) for k in changed})
 
 
 PRESETS: dict[str, dict] = {
@@ -144,14 +212,11 @@ def _parse_value(field_type, text: str, name: str):
     return text
 
 
-def make_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The defaults, updated by ``preset`` and then by ``key=value`` strings."""
-    values: dict = {}
-    if preset:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        values.update(PRESETS[preset])
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """``['steps=100', 'rotate=true']`` -> ``{'steps': 100, 'rotate': True}``, each value parsed
+    as its setting's type; an unknown setting or a bad value is a ``ValueError`` naming it."""
     fields = {f.name: f for f in dataclasses.fields(Config)}
+    values = {}
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
@@ -160,4 +225,17 @@ def make_config(preset: str | None = None, overrides: list[str] | tuple[str, ...
         if key not in fields:
             raise ValueError(f"unknown setting {key!r}; settings are: {', '.join(fields)}")
         values[key] = _parse_value(fields[key].type, text.strip(), key)
-    return Config(**values)
+    return values
+
+
+def make_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: Config | None = None) -> Config:
+    """``base`` (default: the defaults), updated by ``preset`` and then by ``key=value``
+    strings."""
+    values: dict = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    values.update(parse_overrides(overrides))
+    return (base or Config()).replace(**values)

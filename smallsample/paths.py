@@ -14,11 +14,3 @@ def user_dir(env: str, name: str) -> Path:
         return Path(value).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "smallsample" / name
-
-
-def compile_cache_dir() -> Path | None:
-    """The command line's folder for JAX's persistent compilation cache:
-    ``$SMALLSAMPLE_COMPILE_CACHE`` (``off`` disables it), else ``~/.cache/smallsample/jax``."""
-    if os.environ.get("SMALLSAMPLE_COMPILE_CACHE", "").strip().lower() in ("off", "0", "none"):
-        return None
-    return user_dir("SMALLSAMPLE_COMPILE_CACHE", "jax")

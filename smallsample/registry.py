@@ -1,91 +1,158 @@
-"""From a :class:`~smallsample.config.Config` to data arrays and learners."""
+"""From a :class:`~smallsample.config.Config` to data arrays, backbones and learners.
+
+The catalogue is two tables, :data:`BACKBONES` and :data:`LEARNERS`: a name maps to a function of
+the config. Training, evaluation, the command line and the benchmark suite all build through
+them, so a model is described once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
+import flax.linen as nn
 import numpy as np
+import optax
 
 from smallsample.config import Config
-from smallsample.learners.base import Learner
-from smallsample.models.conv4 import Conv4
+from smallsample.learners import (
+    Learner,
+    finetune,
+    imaml,
+    maml,
+    matching_net,
+    pretrainer,
+    protonet,
+    r2d2,
+    reptile,
+)
+from smallsample.models import Conv4, ResNet12
+
+DATASETS = ("omniglot",)
 
 
 def load_data(config: Config, root=None) -> dict[str, np.ndarray]:
     """Class-indexed uint8 arrays for the config's ``train`` / ``val`` / ``test`` parts."""
-    if config.dataset != "omniglot":
-        raise ValueError(f"unknown dataset {config.dataset!r}; available: omniglot")
-    from smallsample.data.omniglot import load_split  # noqa: PLC0415
+    if config.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset!r}; available: {', '.join(DATASETS)}")
+    from smallsample.data.omniglot import load_split  # noqa: PLC0415 (decoding is heavy)
 
     parts = {"train": config.train_part, "val": config.val_part, "test": config.test_part}
     data = {}
     for role, part in parts.items():
         if part:
             data[role] = load_split(config.split, part, size=config.image_size, root=root).images
-    if config.per_class and config.per_class > data["train"].shape[1]:
+    if config.per_class and "train" in data and config.per_class > data["train"].shape[1]:
         raise ValueError(f"per_class={config.per_class} is more than the "
                          f"{data['train'].shape[1]} examples per class")
     return data
 
 
-def backbone(config: Config, num_classes: int | None = None):
-    if config.backbone == "conv4":
-        return Conv4(width=config.width, downsample="pool", num_classes=num_classes,
-                     conv_impl=config.conv_impl, conv_bias=config.conv_bias)
-    if config.backbone == "conv4-stride":
-        return Conv4(width=config.width, downsample="stride", num_classes=num_classes,
-                     conv_impl=config.conv_impl, bn_scale_init="uniform",
-                     conv_bias=config.conv_bias)
-    if config.backbone == "resnet12":
-        from smallsample.models.resnet12 import ResNet12  # noqa: PLC0415
-        return ResNet12(num_classes=num_classes, conv_impl=config.conv_impl)
-    raise ValueError(f"unknown backbone {config.backbone!r}; use conv4, conv4-stride, resnet12")
+#: ``name -> (config, num_classes) -> flax module``; ``num_classes`` None: an embedding.
+BACKBONES: dict[str, Callable[[Config, int | None], nn.Module]] = {
+    "conv4": lambda c, n: Conv4(width=c.width, downsample="pool", num_classes=n,
+                                conv_impl=c.conv_impl, conv_bias=c.conv_bias),
+    # MAML's Omniglot network: stride-2 convolutions, BatchNorm scales drawn uniformly
+    "conv4-stride": lambda c, n: Conv4(width=c.width, downsample="stride", num_classes=n,
+                                       conv_impl=c.conv_impl, bn_scale_init="uniform",
+                                       conv_bias=c.conv_bias),
+    "resnet12": lambda c, n: ResNet12(num_classes=n, conv_impl=c.conv_impl),
+}
 
 
-def build_learner(config: Config, *, ways: int, test: bool = False) -> Learner:
+def backbone(config: Config, num_classes: int | None = None) -> nn.Module:
+    """The config's backbone; with ``num_classes``, with a linear head over that many."""
+    if config.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {config.backbone!r}; choose from "
+                         f"{', '.join(BACKBONES)}")
+    return BACKBONES[config.backbone](config, num_classes)
+
+
+class LearnerSpec(NamedTuple):
+    """How a learner is built: ``build(config, ways, inner_steps, unroll) -> Learner``.
+
+    ``pretrained``: trained by supervised pre-training over all training classes (the
+    fine-tuning baselines), not episodically."""
+
+    build: Callable[[Config, int, int, int | bool], Learner]
+    pretrained: bool = False
+
+
+def _maml(**variant) -> LearnerSpec:
+    return LearnerSpec(lambda c, ways, steps, unroll: maml(
+        backbone(c, ways), ways, inner_steps=steps, inner_lr=c.inner_lr, remat=c.remat,
+        unroll=unroll, **variant))
+
+
+def _finetune(head: str) -> LearnerSpec:
+    return LearnerSpec(lambda c, ways, steps, unroll: finetune(backbone(c), ways, head=head),
+                       pretrained=True)
+
+
+#: The learner catalogue: ``config.learner`` names a row.
+LEARNERS: dict[str, LearnerSpec] = {
+    "protonet": LearnerSpec(lambda c, ways, steps, unroll: protonet(backbone(c), ways,
+                                                                    norm=c.norm)),
+    "maml": _maml(),
+    "fomaml": _maml(first_order=True),
+    "anil": _maml(head_only=True),
+    "metasgd": _maml(learn_inner_lr=True),
+    "reptile": LearnerSpec(lambda c, ways, steps, unroll: reptile(
+        backbone(c, ways), ways, inner_steps=steps, inner_lr=c.inner_lr)),
+    "imaml": LearnerSpec(lambda c, ways, steps, unroll: imaml(
+        backbone(c, ways), ways, inner_steps=steps, inner_lr=c.inner_lr)),
+    "matching": LearnerSpec(lambda c, ways, steps, unroll: matching_net(backbone(c), ways)),
+    "r2d2": LearnerSpec(lambda c, ways, steps, unroll: r2d2(backbone(c), ways)),
+    "baseline": _finetune("linear"),
+    "baseline++": _finetune("cosine"),
+}
+
+
+def learner_spec(config: Config) -> LearnerSpec:
+    if config.learner not in LEARNERS:
+        raise ValueError(f"unknown learner {config.learner!r}; choose from "
+                         f"{', '.join(LEARNERS)}")
+    return LEARNERS[config.learner]
+
+
+def build_learner(config: Config, *, ways: int, test: bool = False,
+                  unroll: int | bool = 1) -> Learner:
     """The learner named by ``config.learner`` for ``ways``-way episodes.
 
     ``test=True`` gives the evaluation variant (e.g. MAML with ``test_inner_steps``).
-    """
-    name = config.learner
+    ``unroll``: the MAML family's inner-loop unrolling (the same numbers; the benchmark suite
+    counts FLOPs on the unrolled loop)."""
     steps = config.effective_test_inner_steps if test else config.inner_steps
-    if name == "protonet":
-        from smallsample.learners.protonet import protonet  # noqa: PLC0415
-        return protonet(backbone(config), ways, norm=config.norm)
-    if name in MAML_VARIANTS:
-        from smallsample.learners.maml import maml  # noqa: PLC0415
-        return maml(backbone(config, num_classes=ways), ways, inner_steps=steps,
-                    inner_lr=config.inner_lr, remat=config.remat, **MAML_VARIANTS[name])
-    if name == "reptile":
-        from smallsample.learners.maml import reptile  # noqa: PLC0415
-        return reptile(backbone(config, num_classes=ways), ways, inner_steps=steps,
-                       inner_lr=config.inner_lr)
-    if name == "imaml":
-        from smallsample.learners.maml import imaml  # noqa: PLC0415
-        return imaml(backbone(config, num_classes=ways), ways, inner_steps=steps,
-                     inner_lr=config.inner_lr)
-    if name == "matching":
-        from smallsample.learners.metric import matching_net  # noqa: PLC0415
-        return matching_net(backbone(config), ways)
-    if name == "r2d2":
-        from smallsample.learners.closed_form import r2d2  # noqa: PLC0415
-        return r2d2(backbone(config), ways)
-    if name in ("baseline", "baseline++"):
-        from smallsample.learners.finetune import finetune  # noqa: PLC0415
-        return finetune(backbone(config), ways, head="cosine" if name == "baseline++" else "linear")
-    raise ValueError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
-
-
-MAML_VARIANTS = {"maml": {}, "fomaml": {"first_order": True}, "anil": {"head_only": True},
-                 "metasgd": {"learn_inner_lr": True}}
-LEARNERS = ("protonet", *MAML_VARIANTS, "reptile", "imaml", "matching", "r2d2", "baseline",
-            "baseline++")
+    return learner_spec(config).build(config, ways, steps, unroll)
 
 
 def is_pretrained(config: Config) -> bool:
     """Whether the learner is trained by supervised pre-training over all training classes."""
-    return config.learner in ("baseline", "baseline++")
+    return learner_spec(config).pretrained
+
+
+def validate(config: Config) -> Config:
+    """The one check of a config, made before anything is built or written: every setting in its
+    range (:meth:`Config.check`) and every name in its table. Returns the config."""
+    config.check()
+    learner_spec(config)
+    if config.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {config.backbone!r}; choose from "
+                         f"{', '.join(BACKBONES)}")
+    if config.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset!r}; available: {', '.join(DATASETS)}")
+    return config
+
+
+def build_optimizer(config: Config) -> optax.GradientTransformation:
+    """Adam at ``lr``, halved every ``lr_decay_every`` steps when that is set."""
+    if config.lr_decay_every:
+        return optax.adam(optax.exponential_decay(config.lr, config.lr_decay_every, 0.5,
+                                                  staircase=True))
+    return optax.adam(config.lr)
 
 
 def build_pretrainer(config: Config, num_classes: int):
-    from smallsample.learners.finetune import pretrainer  # noqa: PLC0415
+    """The supervised pre-training objective of a fine-tuning baseline."""
     return pretrainer(backbone(config), num_classes,
                       head="cosine" if config.learner == "baseline++" else "linear")

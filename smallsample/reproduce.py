@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from smallsample.config import make_config
 from smallsample.evaluate import evaluate
 from smallsample.registry import build_learner, load_data
-from smallsample.train import load_params, train
+from smallsample.train import load_params, train_and_evaluate
 
 # table -> list of (training preset, [(ways, shots, paper accuracy %), ...])
 TABLES = {
@@ -52,7 +52,7 @@ def run_table(table: str, *, overrides: tuple[str, ...] = (), root=None, runs="r
         run_dir = Path(runs) / table / preset
         t0 = time.time()
         resume = (run_dir / "checkpoint.msgpack").exists()
-        result = train(config, run_dir, resume=resume, progress=progress, data=data)
+        result = train_and_evaluate(config, run_dir, resume=resume, progress=progress, data=data)
         seconds = time.time() - t0
         which = "best.msgpack" if (run_dir / "best.msgpack").exists() else "checkpoint.msgpack"
         params = load_params(run_dir / which)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -14,6 +13,8 @@ import numpy as np
 import pytest
 
 from smallsample import bench
+from smallsample.models.layers import default_conv_impl
+from smallsample.registry import build_learner
 from smallsample.train import default_chunks
 
 
@@ -54,7 +55,7 @@ def test_quick_run_writes_json(tmp_path, capsys):
     assert rec["loss_finite"]
     # a 3-way task starts near chance: the loss is about log(3), not garbage
     assert 0.2 < rec["loss"] < 5.0
-    assert rec["conv_impl"].startswith(f"auto: {bench.default_conv_impl()}")
+    assert rec["conv_impl"].startswith(f"auto: {default_conv_impl()}")
     assert rec["chunks"] == default_chunks(2)  # the backend's default, resolved and recorded
     assert 0 < rec["rss_imports_mb"] <= rec["rss_run_mb"] <= rec["rss_peak_mb"]
     # the matrix product measured after the workloads (--quick: 256x256), and the step's share
@@ -86,7 +87,7 @@ def test_flops_count_every_inner_step():
     # XLA counts a loop's body once; the count is taken from the step with MAML's inner loop
     # unrolled, so each inner step adds the same FLOPs (to the few additions where the backward
     # pass accumulates)
-    recs = [bench.measure(dataclasses.replace(bench.QUICK[0], inner_steps=k), steps=1)
+    recs = [bench.measure(bench.QUICK["quick-maml"].replace(inner_steps=k), steps=1)
             for k in (1, 2, 3)]
     assert "unrolled" not in recs[0]["flops_source"]
     assert all("inner loop unrolled" in r["flops_source"] for r in recs[1:])
@@ -114,9 +115,11 @@ def test_no_peak_skips_the_product(tmp_path):
 def test_suite_reports_each_workload_as_it_finishes():
     # what a caller (the command's --json) has after each workload: everything measured so far,
     # so a suite stopped by a time limit keeps its finished workloads; a failing one is recorded
-    bad = bench.Workload("quick-bad", "maml", "no-such-backbone", (12, 12, 1), 3, 1, 2, 2)
+    quick = bench.QUICK["quick-maml"]
+    bad = bench.Workload("quick-bad", quick.config.replace(backbone="no-such-backbone"),
+                         quick.image)
     seen = []
-    out = bench.run_suite([bench.QUICK[0], bad], steps=1, log=lambda s: None,
+    out = bench.run_suite([quick, bad], steps=1, log=lambda s: None,
                           on_record=lambda o: seen.append([r["name"] for r in o["results"]]),
                           peak_n=64)
     # and once more when the matrix product has been measured
@@ -135,8 +138,55 @@ def test_suite_lists_standard_workloads(capsys):
                  "protonet-omniglot-5w5s-b32", "maml-mini-5w5s"):
         assert name in text
     w = bench.WORKLOADS["maml-omniglot-5w1s"]
-    assert (w.image, w.ways, w.shots, w.queries, w.meta_batch, w.inner_steps) == \
-        ((28, 28, 1), 5, 1, 15, 32, 1)
+    c = w.config
+    assert (w.image, c.effective_train_ways, c.effective_train_shots, c.train_queries,
+            w.meta_batch, c.inner_steps, c.learner, c.backbone) == \
+        ((28, 28, 1), 5, 1, 15, 32, 1, "maml", "conv4-stride")
+
+
+def test_workloads_are_presets_plus_overrides():
+    """Each workload is its training preset with the suite's settings: the same config that
+    `smallsample train PRESET OVERRIDES` would run, checked by the registry."""
+    from smallsample.config import make_config
+    from smallsample.registry import validate
+
+    w = bench.WORKLOADS["fomaml-omniglot-5w1s"]
+    assert w.config == validate(make_config("omniglot-maml-5w1s", [
+        "lr=1e-3", "lr_decay_every=0", "train_ways=0", "train_shots=0", "rotate=false",
+        "learner=fomaml"]))
+    pn = bench.WORKLOADS["protonet-omniglot-5w5s-b32"].config
+    assert (pn.learner, pn.effective_train_ways, pn.train_queries, pn.meta_batch) == \
+        ("protonet", 5, 15, 32)
+    mini = bench.WORKLOADS["maml-mini-5w5s"]
+    assert mini.image == (84, 84, 3) and mini.config.width == 32
+    assert all(not w.config.rotate and w.config.lr == 1e-3 for w in bench.WORKLOADS.values())
+    changed = bench.with_settings(w, {"conv_bias": "true", "chunks": "4"})
+    assert changed.config == w.config.replace(conv_bias=True, chunks=4)
+    with pytest.raises(ValueError, match="chunks=-1 must be >= 0"):
+        bench.with_settings(w, {"chunks": "-1"})
+
+
+def test_ab_variants_are_every_combination():
+    assert bench.ab_variants(["devices=1,2", "conv_bias=false,true"]) == [
+        {"devices": "1", "conv_bias": "false"}, {"devices": "1", "conv_bias": "true"},
+        {"devices": "2", "conv_bias": "false"}, {"devices": "2", "conv_bias": "true"}]
+    assert bench.ab_variants([]) == [{}]
+    with pytest.raises(ValueError, match="expected SETTING=V1,V2"):
+        bench.ab_variants(["devices"])
+
+
+def test_ab_run_alternates_the_variants_in_one_process(tmp_path, capsys):
+    path = tmp_path / "ab.json"
+    assert bench.main(["--quick", "--only", "quick-maml", "--ab", "conv_bias=false,true",
+                       "--rounds", "2", "--json", str(path)]) == 0
+    (res,) = json.loads(path.read_text())["ab"]
+    first, second = res["variants"]
+    assert first["settings"] == {"conv_bias": "false"} and res["rounds"] == 2
+    assert first["ratio_to_first"] == 1.0 and second["ratio_to_first"] > 0
+    assert 0 < second["step_ms_min"] <= second["step_ms_median"]
+    assert "conv_bias=true" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a bad variant is refused before anything runs
+        bench.main(["--quick", "--only", "quick-maml", "--ab", "chunks=1,-3"])
 
 
 def test_unknown_workload_is_an_error():
@@ -144,9 +194,9 @@ def test_unknown_workload_is_an_error():
         bench.main(["--only", "no-such-workload"])
 
 
-def test_build_gives_data_of_the_workload_shape():
+def test_synthetic_data_has_the_workload_shape():
     w = bench.WORKLOADS["protonet-mini-5w5s"]
-    _, _, data = bench.build(w)
+    data = bench.synthetic_data(w)
     assert data.shape == (w.num_classes, w.per_class, 84, 84, 3) and data.dtype == np.uint8
 
 
@@ -154,7 +204,7 @@ def test_conv_bias_gives_learn2learns_parameter_tree():
     w = bench.WORKLOADS["maml-omniglot-5w1s"]
     x = jnp.zeros((2, 28, 28, 1))
     for bias in (False, True):
-        learner, _, _ = bench.build(w, conv_bias=bias)
+        learner = build_learner(w.config.replace(conv_bias=bias), ways=5)
         params = jax.eval_shape(learner.init, jax.random.key(0), x)
         convs = [v for k, v in params.items() if k.startswith("Conv")]
         assert len(convs) == 4 and all(("bias" in c) == bias for c in convs)
@@ -164,15 +214,15 @@ def test_default_conv_impl_per_backend():
     from smallsample.models import onednn
 
     # oneDNN where it builds (float32), else im2col: measured fastest on CPU
-    assert bench.default_conv_impl("cpu") == ("onednn" if onednn.available() else "im2col")
-    assert bench.default_conv_impl("cpu", jnp.float64) == "im2col"
-    assert bench.default_conv_impl("gpu") == "xla"
-    assert bench.default_conv_impl("tpu") == "xla"
+    assert default_conv_impl("cpu") == ("onednn" if onednn.available() else "im2col")
+    assert default_conv_impl("cpu", jnp.float64) == "im2col"
+    assert default_conv_impl("gpu") == "xla"
+    assert default_conv_impl("tpu") == "xla"
     # MAML-family networks (per-task weights in a vmapped inner loop) on GPUs: im2col, measured
     # 3.4-5.4x faster than cuDNN on an H200; unchanged on CPU and TPU
-    assert bench.default_conv_impl("gpu", per_task=True) == "im2col"
-    assert bench.default_conv_impl("tpu", per_task=True) == "xla"
-    assert bench.default_conv_impl("cpu", per_task=True) == bench.default_conv_impl("cpu")
+    assert default_conv_impl("gpu", per_task=True) == "im2col"
+    assert default_conv_impl("tpu", per_task=True) == "xla"
+    assert default_conv_impl("cpu", per_task=True) == default_conv_impl("cpu")
 
 
 def test_inner_loop_model_resolves_auto_on_gpu_only():
@@ -225,7 +275,7 @@ def test_shift_conv_matches_xla_values_and_gradients(shape, cout, stride, paddin
         np.testing.assert_allclose(gk, gk_ref, rtol=1e-9, atol=1e-10)
         auto = conv2d(x[0], k[0], stride=stride, padding=padding, impl="auto")
         np.testing.assert_allclose(auto, conv2d(x[0], k[0], stride=stride, padding=padding,
-                                                impl=bench.default_conv_impl(dtype=x.dtype)),
+                                                impl=default_conv_impl(dtype=x.dtype)),
                                    rtol=1e-12)
         # and against a direct float64 NumPy sum over taps for the forward value
         xn, kn = np.asarray(x[0]), np.asarray(k[0])
@@ -249,7 +299,7 @@ def test_unknown_conv_impl_is_named():
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
 def test_peak_rss_reset_forgets_freed_memory():
-    from smallsample.procmem import current_rss_mb, peak_rss_mb, reset_peak_rss
+    from smallsample.bench.memory import current_rss_mb, peak_rss_mb, reset_peak_rss
 
     big = np.ones(40_000_000)  # 305 MiB, touched
     now = current_rss_mb()
@@ -261,7 +311,7 @@ def test_peak_rss_reset_forgets_freed_memory():
 
 
 def test_hugepage_env_adds_the_tunable_and_keeps_others():
-    from smallsample.procmem import HUGEPAGE_TUNABLE, hugepage_env
+    from smallsample.runtime import HUGEPAGE_TUNABLE, hugepage_env
 
     env = hugepage_env({"A": "1", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:"
                         "glibc.malloc.hugetlb=0"})
@@ -293,7 +343,7 @@ def test_hugepage_heap_stops_a_large_block_faulting_in_every_time():
     does with a step's temporaries: with glibc's defaults each one is a fresh mapping, faulted
     in 4 KiB at a time (29,000 faults here); with the huge-page tunable of the `smallsample`
     command, 2 MiB at a time."""
-    from smallsample import procmem
+    from smallsample import runtime as procmem
 
     if not procmem.glibc() or procmem.transparent_hugepages() not in ("madvise", "always"):
         pytest.skip("needs glibc and transparent huge pages")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from smallsample.cli import main
-from smallsample.paths import compile_cache_dir
+from smallsample.runtime import compile_cache_dir
 
 FAST = ["steps=4", "steps_per_call=2", "log_every=2", "eval_every=2", "checkpoint_every=2",
         "val_episodes=10", "test_episodes=20", "train_ways=5", "width=16"]
@@ -40,10 +40,20 @@ def test_eval_and_lake(run_dir, data_dir, capsys):
     assert "published, Bayesian Program Learning: 3.3%" in out
 
 
-def test_resume_extends_the_run(run_dir, data_dir):
-    assert main(["train", "steps=6", "--run-dir", str(run_dir), "--resume", "--no-progress",
-                 "--data", str(data_dir)]) == 0
-    assert json.loads((run_dir / "results.json").read_text())["steps"] == 6
+def test_resume_extends_the_run_and_refuses_what_would_change_it(run_dir, data_dir, capsys):
+    """`--resume` applies the settings that may change (steps, logging, evaluation) and refuses
+    the rest by name before touching the run (it used to keep only `steps`, silently)."""
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert main(["train", "lr=1e9", "width=8", "--run-dir", str(run_dir), "--resume",
+                 "--no-progress", "--data", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot change lr (0.001 -> 1000000000.0), width (16 -> 8) when resuming" in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    assert main(["train", "steps=6", "test_episodes=30", "--run-dir", str(run_dir), "--resume",
+                 "--no-progress", "--data", str(data_dir)]) == 0
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["steps"] == 6 and res["test_episodes"] == 30
+    assert json.loads((run_dir / "config.json").read_text())["test_episodes"] == 30
 
 
 def test_pictures(run_dir, data_dir, tmp_path):
@@ -71,6 +81,24 @@ def test_errors_are_clear(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "could not download" in err and "images_background.zip" in err
     assert main(["data", "--data", str(tmp_path / "empty")]) == 1
+    # settings are checked up front, before any data is read or file written
+    for bad, message in [("ways=0", "ways=0 must be >= 1"), ("ways=1", "at least 2 classes"),
+                         ("lr=nan", "lr=nan must be a finite number"),
+                         ("steps=15", "steps=15 must be a multiple of steps_per_call=10"),
+                         ("learner=foo", "unknown learner 'foo'"),
+                         ("norm=batch", "norm='batch'; choose from separate")]:
+        assert main(["train", "quickstart", bad, "--run-dir", str(tmp_path / "z")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "z").exists()
+    (tmp_path / "run").mkdir()
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_eval_refuses_bad_counts(run_dir, capsys):
+    for flag, value in [("--episodes", "-5"), ("--ways", "1"), ("--shots", "0")]:
+        assert main(["eval", str(run_dir), flag, value]) == 2
+        assert f"{flag} {value} must be at least" in capsys.readouterr().err
 
 
 def _command(args, env_extra, tmp_path):
@@ -90,15 +118,34 @@ def test_command_line_keeps_compiled_programs(tmp_path, data_dir):
     cache = tmp_path / "compiled"
     args = ["episode", "quickstart", "--data", str(data_dir), "--out", "ep.png"]
     fast = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # its programs compile quickly
-    _command(args, {**fast, "SMALLSAMPLE_COMPILE_CACHE": str(cache)}, tmp_path)
+    proc = _command(args, {**fast, "SMALLSAMPLE_COMPILE_CACHE": str(cache)}, tmp_path)
     assert any(p.name.endswith("-cache") for p in cache.iterdir())
-    _command(args, {**fast, "SMALLSAMPLE_COMPILE_CACHE": "off",
-                    "XDG_CACHE_HOME": str(tmp_path / "xdg")}, tmp_path)
+    assert f"compile cache {cache} [SMALLSAMPLE_COMPILE_CACHE=off]" in proc.stderr
+    proc = _command(args, {**fast, "SMALLSAMPLE_COMPILE_CACHE": "off",
+                           "XDG_CACHE_HOME": str(tmp_path / "xdg")}, tmp_path)
     assert not (tmp_path / "xdg" / "smallsample" / "jax").exists()
+    assert "compile cache" not in proc.stderr
     # the user's own JAX setting wins
     _command(args, {**fast, "SMALLSAMPLE_COMPILE_CACHE": str(tmp_path / "ours"),
                     "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "theirs")}, tmp_path)
     assert any((tmp_path / "theirs").iterdir()) and not (tmp_path / "ours").exists()
+
+
+def test_process_settings_are_announced_and_each_can_be_turned_off(tmp_path, data_dir):
+    """The command says in one line on standard error what it set, with each off switch;
+    SMALLSAMPLE_RUNTIME=off sets nothing (and so says nothing)."""
+    args = ["episode", "quickstart", "--data", str(data_dir), "--out", "ep.png"]
+    env = {"SMALLSAMPLE_COMPILE_CACHE": str(tmp_path / "c")}
+    lines = [ln for ln in _command(args, env, tmp_path).stderr.splitlines()
+             if ln.startswith("smallsample: ")]
+    assert len(lines) == 1 and "compile cache" in lines[0]
+    if "JAX_NUM_CPU_DEVICES" not in os.environ:
+        assert "one per core [SMALLSAMPLE_CPU_DEVICES=off]" in lines[0]
+    proc = _command(args, {**env, "SMALLSAMPLE_CPU_DEVICES": "off"}, tmp_path)
+    assert "CPU device" not in proc.stderr and "compile cache" in proc.stderr
+    proc = _command(args, {**env, "SMALLSAMPLE_RUNTIME": "off"}, tmp_path)
+    assert "smallsample: " not in proc.stderr
+    assert not (tmp_path / "c").exists()
 
 
 def test_compile_cache_dir_default_and_off(monkeypatch, tmp_path):
@@ -115,7 +162,7 @@ def test_bench_loads_a_cached_step(tmp_path):
     """`bench --compile-cache DIR`: the first run compiles and stores the step, the second loads
     it (recorded as compile_cached) and computes the same loss with it. The first runs on a
     huge-page heap (the command's default), the second as started."""
-    from smallsample import procmem
+    from smallsample import runtime as procmem
 
     args = ["bench", "--quick", "--only", "quick-maml", "--steps", "1", "--compile-cache",
             str(tmp_path / "compiled"), "--json"]

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 
 from smallsample.parallel import check_divisible
-from tests.test_onednn import SUPPORTED
 
-ONEDNN = pytest.mark.skipif(not SUPPORTED, reason="oneDNN wheels: Linux x86-64 only")
+ONEDNN = pytest.mark.onednn
 
 COMMON = """
 import json, os, sys
@@ -210,7 +209,7 @@ from pathlib import Path
 import numpy as np
 import jax
 from smallsample.config import make_config
-from smallsample.train import load_checkpoint, train
+from smallsample.train import load_checkpoint, train_and_evaluate
 
 assert jax.local_device_count() == 2, jax.devices()
 out = Path(sys.argv[1])
@@ -221,9 +220,10 @@ base = ["learner=maml", "backbone=conv4-stride", "width=4", "ways=3", "shots=1",
         "checkpoint_every=2", "test_episodes=6", "image_size=12", "val_part="]
 for name, devices, steps in [("one", 1, 4), ("auto", 0, 4), ("two", 2, 4)]:
     cfg = make_config(None, base + [f"devices={devices}", f"steps={steps}"])
-    train(cfg, out / name, progress=False, data=data, log=lambda s: None)
+    train_and_evaluate(cfg, out / name, progress=False, data=data, log=lambda s: None)
 cfg = make_config(None, base + ["devices=0", "steps=6"])
-train(cfg, out / "auto", progress=False, data=data, log=lambda s: None, resume=True)
+train_and_evaluate(cfg, out / "auto", progress=False, data=data, log=lambda s: None,
+                   resume=True)
 """
 
 
@@ -267,7 +267,7 @@ CORES = """
 import json, os, sys
 if len(sys.argv) > 1:  # pinned to that CPU before JAX loads
     os.sched_setaffinity(0, {int(sys.argv[1])})
-from smallsample.cli import cpu_devices_per_core
+from smallsample.runtime import cpu_devices_per_core
 n = cpu_devices_per_core()
 import jax
 json.dump({"set": n, "devices": jax.local_device_count(),
@@ -301,7 +301,7 @@ def test_the_command_line_makes_one_cpu_device_per_core():
     assert forced["set"] is None and forced["devices"] == 3
     import jax  # noqa: PLC0415
 
-    from smallsample.cli import cpu_devices_per_core  # noqa: PLC0415
+    from smallsample.runtime import cpu_devices_per_core  # noqa: PLC0415
 
     jax.devices()  # started in this process: too late to change
     assert cpu_devices_per_core({}) is None

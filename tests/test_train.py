@@ -22,7 +22,7 @@ from smallsample.train import (
     make_train_step,
     meta_gradient,
     save_checkpoint,
-    train,
+    train_and_evaluate,
 )
 
 RNG = np.random.default_rng(0)
@@ -132,7 +132,7 @@ def test_checkpoint_round_trip_and_failed_write_keeps_the_old_file(tmp_path):
 
 
 def test_train_writes_a_run_folder(tmp_path):
-    train(TINY, tmp_path / "run", progress=False, data=DATA, log=lambda s: None)
+    train_and_evaluate(TINY, tmp_path / "run", progress=False, data=DATA, log=lambda s: None)
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert {"config.json", "metrics.jsonl", "checkpoint.msgpack", "results.json",
             "best.msgpack", "test_accuracies.npy"} <= set(names)
@@ -146,18 +146,19 @@ def test_train_writes_a_run_folder(tmp_path):
     accs = np.load(tmp_path / "run" / "test_accuracies.npy")
     assert res["test_accuracy"] == pytest.approx(mean_ci95(accs).mean)
     with pytest.raises(FileExistsError, match="already holds a run"):
-        train(TINY, tmp_path / "run", progress=False, data=DATA)
+        train_and_evaluate(TINY, tmp_path / "run", progress=False, data=DATA)
 
 
 def test_a_run_saved_before_conv_bias_existed_resumes_with_its_biases(tmp_path):
     run = tmp_path / "old"
-    train(TINY.replace(steps=2, conv_bias=True), run, progress=False, data=DATA,
+    train_and_evaluate(TINY.replace(steps=2, conv_bias=True), run, progress=False, data=DATA,
           log=lambda s: None)
     saved = json.loads((run / "config.json").read_text())
     del saved["conv_bias"]  # as written by a version without the setting
     (run / "config.json").write_text(json.dumps(saved))
-    out = train(TINY.replace(steps=4), run, resume=True, progress=False, data=DATA,
-                log=lambda s: None)
+    saved = Config.from_json((run / "config.json").read_text())
+    out = train_and_evaluate(saved.replace(steps=4), run, resume=True, progress=False,
+                             data=DATA, log=lambda s: None)
     assert out.steps == 4
     assert Config.from_json((run / "config.json").read_text()).conv_bias is True
     params = load_params(run / "checkpoint.msgpack")
@@ -165,10 +166,10 @@ def test_a_run_saved_before_conv_bias_existed_resumes_with_its_biases(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    full = train(TINY, tmp_path / "full", progress=False, data=DATA, log=lambda s: None)
-    train(TINY.replace(steps=2), tmp_path / "split", progress=False, data=DATA,
+    full = train_and_evaluate(TINY, tmp_path / "full", progress=False, data=DATA, log=lambda s: None)
+    train_and_evaluate(TINY.replace(steps=2), tmp_path / "split", progress=False, data=DATA,
           log=lambda s: None)
-    resumed = train(TINY, tmp_path / "split", resume=True, progress=False, data=DATA,
+    resumed = train_and_evaluate(TINY, tmp_path / "split", resume=True, progress=False, data=DATA,
                     log=lambda s: None)
     assert resumed.steps == full.steps == 6
     template = init_state(tiny_learner(), optax.adam(1e-3), jnp.zeros((2, 8, 8, 1)), 0)
@@ -207,10 +208,27 @@ def test_bad_settings_are_named():
         make_config("nope")
 
 
-def test_non_finite_loss_stops_the_run(tmp_path):
-    cfg = TINY.replace(lr=float("inf"), steps=8, eval_every=8, checkpoint_every=8, log_every=2)
-    with pytest.raises(FloatingPointError, match="non-finite"):
-        train(cfg, tmp_path / "nan", progress=False, data=DATA, log=lambda s: None)
+def test_non_finite_loss_stops_the_run_and_is_never_checkpointed(tmp_path):
+    """MAML at lr=1e30: the first step's update sends the head's weights past float32, so the
+    second step's loss is not finite; the run stops naming the step, before its first
+    checkpoint is written (it used to be written before the deferred check)."""
+    cfg = TINY.replace(learner="maml", backbone="conv4-stride", meta_batch=2, lr=1e30, steps=8,
+                       eval_every=8, checkpoint_every=2, log_every=2)
+    with pytest.raises(FloatingPointError, match="non-finite in the 2 steps up to step 2"):
+        train_and_evaluate(cfg, tmp_path / "nan", progress=False, data=DATA, log=lambda s: None)
+    assert not (tmp_path / "nan" / "checkpoint.msgpack").exists()
+
+
+def test_resume_refuses_a_change_that_would_change_the_run(tmp_path):
+    run = tmp_path / "run"
+    train_and_evaluate(TINY.replace(steps=2), run, progress=False, data=DATA, log=lambda s: None)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(ValueError, match=r"cannot change lr \(0.001 -> 0.5\) when resuming"):
+        train_and_evaluate(TINY.replace(lr=0.5), run, resume=True, progress=False, data=DATA)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    out = train_and_evaluate(TINY.replace(steps=4, val_episodes=4), run, resume=True,
+                             progress=False, data=DATA, log=lambda s: None)
+    assert out.steps == 4 and len(out.val.accuracies) == 4
 
 
 def test_trainstate_is_a_pytree():
@@ -222,12 +240,12 @@ def test_trainstate_is_a_pytree():
 @pytest.mark.parametrize("name", ["protonet", "maml", "fomaml", "anil", "metasgd", "reptile",
                                   "imaml", "matching", "r2d2", "baseline", "baseline++"])
 def test_every_learner_trains_and_evaluates_through_one_loop(name, tmp_path):
-    from smallsample.cli import _restore
+    from smallsample.cli import _restore  # noqa: PLC0415
 
     cfg = TINY.replace(learner=name, backbone="conv4-stride", steps=2, eval_every=2,
                        checkpoint_every=2, val_part="", test_episodes=4, meta_batch=2,
                        inner_lr=0.1, pretrain_batch=8)
-    result = train(cfg, tmp_path / name, progress=False, data=DATA, log=lambda s: None)
+    result = train_and_evaluate(cfg, tmp_path / name, progress=False, data=DATA, log=lambda s: None)
     assert result.steps == 2 and len(result.test.accuracies) == 4
     learner, params, which = _restore(tmp_path / name, cfg, 3)
     assert which == "checkpoint.msgpack"

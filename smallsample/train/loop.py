@@ -1,0 +1,317 @@
+"""The host loop: :func:`train_and_evaluate` meta-trains a config in a run folder and evaluates it.
+
+A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON object per
+logged step and per validation), ``checkpoint.msgpack`` (latest), ``best.msgpack`` (best
+validation accuracy), ``results.json`` and ``test_accuracies.npy``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from smallsample.config import Config, resume_config
+from smallsample.data.files import atomic_write_bytes
+from smallsample.evaluate import Result, evaluate, make_eval_fn
+from smallsample.learners.base import Learner
+from smallsample.parallel import (
+    auto_devices,
+    episode_values,
+    replicated,
+    split_devices,
+    task_mesh,
+)
+from smallsample.registry import (
+    build_learner,
+    build_optimizer,
+    build_pretrainer,
+    is_pretrained,
+    load_data,
+    validate,
+)
+from smallsample.train.checkpoint import (
+    BEST,
+    LATEST,
+    load_checkpoint,
+    save_checkpoint,
+)
+from smallsample.train.step import (
+    TrainState,
+    init_state,
+    make_pretrain_step,
+    make_sampler,
+    make_train_step,
+)
+
+
+class RunResult(NamedTuple):
+    test: Result | None
+    val: Result | None
+    steps: int
+    seconds: float
+    run_dir: Path
+
+
+def train_devices(config: Config, image_shape: tuple[int, ...], backend: str | None = None,
+                  available: int | None = None) -> int:
+    """How many of this process's devices the meta-batch is split over.
+
+    ``config.devices`` N: the most devices, at most N, that divide the meta-batch
+    (:func:`smallsample.parallel.split_devices`). 0 (auto):
+    :func:`smallsample.parallel.auto_devices`, on CPU out of every CPU device (the
+    ``smallsample`` command makes one per core, :mod:`smallsample.runtime`).
+    ``image_shape``: one example's ``(H, W, C)``.
+    """
+    backend = backend or jax.default_backend()
+    available = jax.local_device_count() if available is None else available
+    if config.devices < 0:
+        raise ValueError(f"devices={config.devices} must be >= 0 (0: auto)")
+    if config.devices > available:
+        raise ValueError(f"devices={config.devices} but this process sees only {available} "
+                         f"{backend} device(s)")
+    if config.devices:
+        return split_devices(config.meta_batch, config.devices)
+    values = episode_values(config.effective_train_ways, config.effective_train_shots,
+                            config.train_queries, image_shape)
+    return auto_devices(config.meta_batch, values, available, backend)
+
+
+def _one_device(tree):
+    """``tree`` on the first device only: evaluation of replicated parameters would otherwise run
+    on every device of their mesh, the same work on each."""
+    return jax.device_put(tree, jax.local_devices()[0])
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def open_run(config: Config, run_dir: Path, *, resume: bool, log=print) -> Config:
+    """Checks ``config`` and the run folder before anything is written, and returns the config
+    the run goes on with (on resume: the saved one with the settings that may change,
+    :func:`smallsample.config.resume_config`)."""
+    config_path = run_dir / "config.json"
+    if resume:
+        if not config_path.exists():
+            raise FileNotFoundError(f"cannot resume: {config_path} does not exist")
+        saved = Config.from_json(config_path.read_text())
+        resumed = resume_config(saved, config)
+        if resumed != saved:
+            log(f"resuming {run_dir} with " + ", ".join(
+                f"{k}={getattr(resumed, k)}" for k in sorted(json.loads(resumed.to_json()))
+                if getattr(resumed, k) != getattr(saved, k)))
+        config = resumed
+    elif (run_dir / LATEST).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; use --resume or another folder")
+    validate(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(config_path, json.loads(config.to_json()))
+    return config
+
+
+class Trainer(NamedTuple):
+    """What the loop runs: the jitted step, its initial state, and the mesh (None: one device)."""
+
+    step: Callable
+    state: TrainState
+    mesh: Any
+    tasks_per_step: int
+
+
+def build_trainer(config: Config, train_x: jax.Array, log=print) -> Trainer:
+    """The learner, optimizer, sampler and jitted step of ``config`` for the class-indexed
+    ``train_x``, and the initial state (``config.seed``)."""
+    optimizer = build_optimizer(config)
+    augment = None
+    if config.augment:
+        from smallsample.augment import parse_pipeline  # noqa: PLC0415
+
+        augment = parse_pipeline(config.augment)
+    spc, per_class = config.call_steps, config.per_class or None
+    mesh = None
+    if is_pretrained(config):
+        learner = build_pretrainer(config, num_classes=train_x.shape[0])
+        step = make_pretrain_step(learner, optimizer, batch=config.pretrain_batch,
+                                  steps_per_call=spc, per_class=per_class, augment=augment)
+        tasks = config.pretrain_batch
+    else:
+        ways = config.effective_train_ways
+        learner = build_learner(config, ways=ways)
+        sample = make_sampler(meta_batch=config.meta_batch, ways=ways,
+                              shots=config.effective_train_shots, queries=config.train_queries,
+                              rotate=config.rotate, per_class=per_class, augment=augment)
+        devices = train_devices(config, train_x.shape[2:])
+        if devices > 1:
+            mesh = task_mesh(jax.local_devices()[:devices])
+            log(f"meta-batch of {config.meta_batch} split over {devices} "
+                f"{jax.default_backend().upper()} devices")
+        step = make_train_step(learner, optimizer, sample, chunks=config.chunks,
+                               steps_per_call=spc, batch=config.meta_batch, mesh=mesh)
+        tasks = config.meta_batch
+    example = jnp.zeros((2,) + train_x.shape[2:], jnp.float32)
+    state = init_state(learner, optimizer, example, config.seed)
+    return Trainer(jax.jit(step, donate_argnums=0), state, mesh, tasks)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops metric lines past ``step`` (written after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def restore(run_dir: Path, state: TrainState, log=print) -> tuple[TrainState, float]:
+    """The latest checkpoint loaded into ``state``'s structure, the metrics cut back to its step,
+    and the best validation accuracy so far (-1 if none). The state is loaded first, so a
+    checkpoint that does not fit leaves the metrics as they were."""
+    state = load_checkpoint(run_dir / LATEST, state)
+    metrics_path = run_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, int(state.step))
+    best = -1.0
+    for line in metrics_path.read_text().splitlines() if metrics_path.exists() else []:
+        rec = json.loads(line)
+        if "val_accuracy" in rec:
+            best = max(best, rec["val_accuracy"])
+    log(f"resumed {run_dir} at step {int(state.step)}")
+    return state, best
+
+
+class _Metrics:
+    """``metrics.jsonl``: a call's metrics are fetched after the next call is dispatched (so the
+    host never waits for the device), and checked for finiteness when fetched."""
+
+    def __init__(self, file, config: Config, bar):
+        self.file, self.config, self.bar = file, config, bar
+        self.pending = None
+
+    def add(self, step: int, metrics, tasks_per_s: float) -> None:
+        self.flush()
+        self.pending = (step, metrics, tasks_per_s)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        (step, m, tasks_per_s), self.pending = self.pending, None
+        loss, acc, grad_norm = (np.asarray(m[k]) for k in ("loss", "accuracy", "grad_norm"))
+        if not (np.all(np.isfinite(loss)) and np.all(np.isfinite(grad_norm))):
+            raise FloatingPointError(
+                f"training became non-finite in the {len(loss)} steps up to step {step}: loss "
+                f"{loss.tolist()}, gradient norm {grad_norm.tolist()}; the last good checkpoint "
+                f"is kept (try a lower lr)")
+        if step % self.config.log_every == 0 or step >= self.config.steps:
+            rec = {"step": step, "loss": float(loss.mean()), "accuracy": float(acc.mean()),
+                   "grad_norm": float(grad_norm.mean()), "tasks_per_s": tasks_per_s}
+            self.file.write(json.dumps(rec) + "\n")
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss.mean():.3f}", acc=f"{acc.mean():.3f}",
+                                 tasks_s=f"{tasks_per_s:.0f}", refresh=False)
+
+    def write(self, rec: dict) -> None:
+        self.file.write(json.dumps(rec) + "\n")
+
+
+def _evaluate(config: Config, learner: Learner, eval_fn, params, data, episodes: int):
+    return evaluate(learner, _one_device(params), jnp.asarray(data), ways=config.ways,
+                    shots=config.shots, queries=config.queries, num_episodes=episodes,
+                    seed=config.eval_seed, eval_fn=eval_fn)
+
+
+def train_and_evaluate(config: Config, run_dir: str | Path, *, resume: bool = False,
+                       progress: bool = True, data: dict[str, Any] | None = None,
+                       log: Callable[[str], None] = print) -> RunResult:
+    """Meta-trains ``config`` in ``run_dir``, validating and checkpointing as it goes, then
+    evaluates the best (else the last) checkpoint on the test classes.
+
+    ``resume=True`` continues the run in ``run_dir`` from its latest checkpoint, with the saved
+    config and the settings of ``config`` that may change on resume
+    (:data:`smallsample.config.RESUMABLE`; any other difference is refused). ``data``: the
+    class-indexed ``train`` / ``val`` / ``test`` arrays (default :func:`load_data`)."""
+    run_dir = Path(run_dir)
+    config = open_run(config, run_dir, resume=resume, log=log)
+    data = data if data is not None else load_data(config)
+    train_x = jnp.asarray(data["train"])
+    trainer = build_trainer(config, train_x, log=log)
+    state, best_val = trainer.state, -1.0
+    if resume:
+        state, best_val = restore(run_dir, state, log=log)
+    if trainer.mesh is not None:  # replicated on every device; evaluation runs on the first
+        state, train_x = jax.device_put((state, train_x), replicated(trainer.mesh))
+    eval_learner = build_learner(config, ways=config.ways, test=True)
+    eval_fn = make_eval_fn(eval_learner)
+    validating = bool(config.val_part and "val" in data and config.val_episodes)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=config.steps, initial=int(state.step), unit="step", dynamic_ncols=True)
+    spc, step = config.call_steps, int(state.step)  # the step is tracked on the host
+    t0 = t_last = time.perf_counter()
+    step_last, val = step, None
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        metrics = _Metrics(f, config, bar)
+        while step < config.steps:
+            state, m = trainer.step(state, train_x)
+            step += spc
+            now = time.perf_counter()
+            metrics.add(step, m, trainer.tasks_per_step * (step - step_last)
+                        / max(now - t_last, 1e-9))
+            t_last, step_last = now, step
+            if bar is not None:
+                bar.update(spc)
+            last = step >= config.steps
+            if (step % config.eval_every == 0 or last) and validating:
+                metrics.flush()
+                val = _evaluate(config, eval_learner, eval_fn, state.params, data["val"],
+                                config.val_episodes)
+                metrics.write({"step": step, "val_accuracy": val.mean, "val_ci95": val.ci95})
+                if val.mean > best_val:
+                    best_val = val.mean
+                    save_checkpoint(run_dir / BEST, state)
+                if bar is not None:
+                    bar.set_postfix_str(f"val {100 * val.mean:.1f}%", refresh=False)
+            if step % config.checkpoint_every == 0 or last:
+                metrics.flush()  # checks finiteness: a non-finite state is never saved
+                f.flush()
+                save_checkpoint(run_dir / LATEST, state)
+        metrics.flush()
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    test = _test(config, run_dir, state, eval_learner, eval_fn, data, log)
+    _write_results(config, run_dir, state, seconds, best_val, test, trainer.mesh)
+    return RunResult(test, val, int(state.step), seconds, run_dir)
+
+
+def _test(config: Config, run_dir: Path, state: TrainState, learner: Learner, eval_fn, data,
+          log) -> Result | None:
+    if "test" not in data or not config.test_episodes:
+        return None
+    final = load_checkpoint(run_dir / BEST, state) if (run_dir / BEST).exists() else state
+    test = _evaluate(config, learner, eval_fn, final.params, data["test"], config.test_episodes)
+    log(f"test {config.ways}-way {config.shots}-shot: {test}")
+    np.save(run_dir / "test_accuracies.npy", test.accuracies)
+    return test
+
+
+def _write_results(config: Config, run_dir: Path, state: TrainState, seconds: float,
+                   best_val: float, test: Result | None, mesh) -> None:
+    _write_json(run_dir / "results.json", {
+        "steps": int(state.step), "train_seconds": seconds,
+        "best_val_accuracy": best_val if best_val >= 0 else None,
+        "used_checkpoint": "best" if (run_dir / BEST).exists() else "last",
+        "test_accuracy": None if test is None else test.mean,
+        "test_ci95": None if test is None else test.ci95,
+        "test_episodes": 0 if test is None else len(test.accuracies),
+        "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+        "devices": 1 if mesh is None else int(mesh.size),
+    })
