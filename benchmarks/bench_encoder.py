@@ -14,7 +14,7 @@ and the largest difference between the two implementations' embeddings.
 
 ``--padding`` adds, for smallsample, the same jitted model with every batch padded to the
 model's maximum length and to 128 tokens (what a fixed-length tokenizer setting gives), against
-the buckets.
+the buckets (in the same process: its peak RSS is then that of all three).
 
     python benchmarks/bench_encoder.py --num 2000 --batch-size 64 --repeats 3 \
         --peer /tmp/stvenv/bin/python

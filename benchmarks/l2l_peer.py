@@ -196,7 +196,7 @@ def _load(name, *parts):
 
 
 def measure(name, steps):
-    procmem = _load("procmem", "smallsample", "procmem.py")
+    procmem = _load("memory", "smallsample", "bench", "memory.py")
     procmem.release_free_heap()
     rss_imports = procmem.current_rss_mb()
     step, batch = make_step(name)

@@ -1,20 +1,25 @@
 """smallsample (JAX) vs learn2learn (PyTorch), one step each in lockstep: paired ratios.
 
-``compare_l2l.py`` alternates whole processes (a few steps each), so a ratio there mixes two
-moments of a shared machine whose speed moves by 1.3-1.5x within a minute. Here both sides are
-started once, built and warmed up, and then kept waiting; the driver asks one for a single step,
-then the other, and so on (ABBA order, so a steady drift favours neither). Only one side runs at a
-time. Each pair's ratio (learn2learn's step time / JAX's, the same meta-batch on both sides, so
-JAX's tasks/s over learn2learn's) comes from two steps about a second apart. Reports the median
-of the paired ratios with a bootstrap 95% interval, their quartiles, and the share of pairs at or
-above ``--target``::
+Both sides are started once, built and warmed up, and then kept waiting; the driver asks one for a
+single step, then the other, and so on (ABBA order, so a steady drift favours neither). Only one
+side runs at a time. Each pair's ratio (learn2learn's step time / JAX's, the same meta-batch on
+both sides, so JAX's tasks/s over learn2learn's) comes from two steps about a second apart: on a
+shared machine whose speed moves within a minute, this is what makes the ratio trustworthy.
+Reports the median of the paired ratios with a bootstrap 95% interval, their quartiles, and the
+share of pairs at or above ``--target``::
 
     python benchmarks/paired_l2l.py maml-omniglot-5w1s --peer /tmp/l2lvenv/bin/python \\
         --threads 0 --pairs 40 --json /tmp/paired.json
 
-Both sides train for real (Adam steps on their synthetic data), as in ``compare_l2l.py``, and are
-started the same way (``--threads``, ``--heap``; see that script). Memory is not measured here:
-both processes are resident at once.
+``--baseline DIR`` adds a third worker: the JAX side of another checkout of this project (an
+earlier commit, e.g. ``git worktree add /tmp/base REV``), stepped in the same rotation, so a
+change is measured before and after in one run against the same learn2learn steps.
+
+Both sides train for real (Adam steps on their synthetic data). ``--threads N`` gives each side N
+threads and pins it to N CPUs (thread-count settings alone are not enough: XLA's matrix products
+use every core); ``--heap hugepage`` starts both on glibc's huge-page heap, as the
+``smallsample`` command runs. Memory is not measured here (all processes are resident at once):
+``smallsample bench`` and ``l2l_peer.py NAME`` measure it one process at a time.
 """
 
 from __future__ import annotations
@@ -32,8 +37,41 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_l2l import ROOT, _cpu, _env, _pin  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(threads: int) -> dict:
+    """The workers' environment: ``threads`` threads each (0: the libraries' defaults)."""
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "")
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        env["L2L_PEER_THREADS"] = str(threads)
+        if threads == 1:
+            flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        else:
+            flags += f" intra_op_parallelism_threads={threads}"
+    env["XLA_FLAGS"] = flags.strip()
+    env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
+    return env
+
+
+def _cpu() -> dict:
+    """This machine's CPU (:func:`smallsample.bench.cpu_info`), printed as a header line, for the
+    JSON: the ratios differ between AVX2 and AVX-512 machines."""
+    from smallsample.bench import cpu_info  # noqa: PLC0415
+
+    cpu = cpu_info()
+    print(f"# {cpu['cpu_model']} ({' '.join(cpu['cpu_vector_isa'] or [])})", flush=True)
+    return cpu
+
+
+def _pin(threads: int):
+    """``preexec_fn`` confining the child to ``threads`` CPUs (None: no pinning)."""
+    if not threads or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    return lambda: os.sched_setaffinity(0, cpus)
 
 
 def serve(step, info: dict, loss=float) -> int:
@@ -55,20 +93,17 @@ def serve(step, info: dict, loss=float) -> int:
 def jax_worker(name: str, warmup: int, conv_impl: str, conv_bias: bool, devices: int = 1) -> int:
     """The JAX side: the suite's step (:func:`smallsample.bench.train_step`), in the project's
     Python; its meta-batch split over ``devices`` host devices (the driver sets their number)."""
-    import dataclasses  # noqa: PLC0415
-
     import jax  # noqa: PLC0415
 
-    from smallsample.bench import WORKLOADS, train_step  # noqa: PLC0415
+    from smallsample.bench import WORKLOADS, train_step, with_settings  # noqa: PLC0415
+    from smallsample.bench.suite import resolve  # noqa: PLC0415
     from smallsample.parallel import task_mesh  # noqa: PLC0415
-    from smallsample.train import default_chunks  # noqa: PLC0415
 
-    w = WORKLOADS[name]
-    mesh = None
-    if devices > 1:
-        mesh = task_mesh(jax.devices()[:devices])
-        w = dataclasses.replace(w, chunks=default_chunks(w.meta_batch, devices))
-    step, init, data = train_step(w, conv_impl=conv_impl, conv_bias=conv_bias, mesh=mesh)
+    w = with_settings(WORKLOADS[name], {"conv_impl": conv_impl, "conv_bias": str(conv_bias),
+                                        "devices": str(devices)})
+    w, devices = resolve(w)
+    mesh = task_mesh(jax.devices()[:devices]) if devices > 1 else None
+    step, init, data = train_step(w, mesh=mesh)
     state = init()
     compiled = jax.jit(step, donate_argnums=0).lower(state, data).compile()
 
@@ -79,9 +114,8 @@ def jax_worker(name: str, warmup: int, conv_impl: str, conv_bias: bool, devices:
 
     for _ in range(warmup):
         one_step()
-    info = {"framework": "jax", "meta_batch": w.meta_batch,
-            "chunks": w.chunks or default_chunks(w.meta_batch), "conv_impl": conv_impl,
-            "devices": devices, "jax": jax.__version__}
+    info = {"framework": "jax", "meta_batch": w.meta_batch, "chunks": w.config.chunks,
+            "conv_impl": conv_impl, "devices": devices, "jax": jax.__version__}
     return serve(one_step, info, loss=lambda m: float(m["loss"].mean()))
 
 
@@ -160,47 +194,58 @@ def summarise(jax_s, l2l_s, target: float, seed: int = 0, resamples: int = 10_00
 
 
 def run_pairs(name: str, args, env: dict) -> dict:
-    here = str(Path(__file__).resolve())
     # imported here: l2l_peer.py loads this file for serve() in the peer's Python, without JAX
     from smallsample.bench import WORKLOADS  # noqa: PLC0415
     from smallsample.parallel import auto_devices, episode_values, split_devices  # noqa: PLC0415
 
     w = WORKLOADS[name]
+    c = w.config
     if args.devices:
         devices = split_devices(w.meta_batch, args.devices)
-    else:  # what training does on this many cores (smallsample.cli.cpu_devices_per_core)
+    else:  # what training does on this many cores (smallsample.runtime.cpu_devices_per_core)
         cores = args.threads or len(os.sched_getaffinity(0))
-        devices = auto_devices(w.meta_batch, episode_values(w.ways, w.shots, w.queries, w.image),
-                               cores, "cpu")
-    jax_cmd = [sys.executable, here, "--worker", name, "--warmup", str(args.warmup),
-               "--conv-impl", args.conv_impl, "--devices", str(devices)] + (
-                   ["--conv-bias"] if args.conv_bias else [])
-    l2l_cmd = [args.peer, str(ROOT / "benchmarks" / "l2l_peer.py"), name,
-               "--serve", str(args.warmup)]
+        values = episode_values(c.effective_train_ways, c.effective_train_shots,
+                                c.train_queries, w.image)
+        devices = auto_devices(w.meta_batch, values, cores, "cpu")
+    worker_args = ["--worker", name, "--warmup", str(args.warmup), "--conv-impl",
+                   args.conv_impl, "--devices", str(devices)] + (
+                       ["--conv-bias"] if args.conv_bias else [])
     jax_env = dict(env, XLA_FLAGS=" ".join(
         [env["XLA_FLAGS"], f"--xla_force_host_platform_device_count={devices}"]).strip())
-    jw = Worker("jax", jax_cmd, jax_env, args.threads, args.timeout)
+    specs = [("jax", [sys.executable, str(Path(__file__).resolve()), *worker_args], jax_env)]
+    if args.baseline:
+        base = Path(args.baseline).resolve()
+        specs.append(("baseline", [sys.executable, str(base / "benchmarks" / "paired_l2l.py"),
+                                   *worker_args], dict(jax_env, PYTHONPATH=str(base))))
+    specs.append(("learn2learn", [args.peer, str(ROOT / "benchmarks" / "l2l_peer.py"), name,
+                                  "--serve", str(args.warmup)], env))
+    workers: list[Worker] = []
     try:
-        lw = Worker("learn2learn", l2l_cmd, env, args.threads, args.timeout)
-        try:
-            if jw.info["meta_batch"] != lw.info["meta_batch"]:
-                raise RuntimeError(f"{name}: meta-batch {jw.info['meta_batch']} (JAX) against "
-                                   f"{lw.info['meta_batch']} (learn2learn)")
-            jax_s, l2l_s, jax_loss, l2l_loss = [], [], [], []
-            for i in range(args.pairs):
-                order = (jw, lw) if i % 2 == 0 else (lw, jw)
-                for w in order:
-                    s, loss = w.step()
-                    (jax_s if w is jw else l2l_s).append(s)
-                    (jax_loss if w is jw else l2l_loss).append(loss)
-        finally:
-            lw.close()
+        for label, cmd, wenv in specs:
+            workers.append(Worker(label, cmd, wenv, args.threads, args.timeout))
+        batches = {wk.label: wk.info["meta_batch"] for wk in workers}
+        if len(set(batches.values())) != 1:
+            raise RuntimeError(f"{name}: different meta-batches {batches}")
+        times = {wk.label: [] for wk in workers}
+        losses = {wk.label: [] for wk in workers}
+        for i in range(args.pairs):
+            for wk in workers if i % 2 == 0 else workers[::-1]:
+                sec, loss = wk.step()
+                times[wk.label].append(sec)
+                losses[wk.label].append(loss)
     finally:
-        jw.close()
-    rec = {"name": name, **summarise(jax_s, l2l_s, args.target),
-           "jax_step_s": jax_s, "l2l_step_s": l2l_s,
-           "jax_loss_last": jax_loss[-1], "l2l_loss_last": l2l_loss[-1],
-           "jax": jw.info, "l2l": lw.info, "loadavg_after": list(os.getloadavg())}
+        for wk in workers:
+            wk.close()
+    rec = {"name": name, **summarise(times["jax"], times["learn2learn"], args.target),
+           "jax_step_s": times["jax"], "l2l_step_s": times["learn2learn"],
+           "jax_loss_last": losses["jax"][-1], "l2l_loss_last": losses["learn2learn"][-1],
+           "jax": workers[0].info, "l2l": workers[-1].info,
+           "loadavg_after": list(os.getloadavg())}
+    if args.baseline:
+        rec["baseline"] = {"src": str(args.baseline), "step_s": times["baseline"],
+                           **summarise(times["baseline"], times["learn2learn"], args.target),
+                           "new_over_baseline": summarise(times["jax"], times["baseline"],
+                                                          1.0)}
     return rec
 
 
@@ -211,7 +256,7 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=30, help="timed steps of each side")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps of each side first")
     p.add_argument("--threads", type=int, default=0,
-                   help="0: both sides' defaults; N: N threads and N CPUs each (compare_l2l.py)")
+                   help="0: both sides' defaults; N: N threads and N CPUs each")
     p.add_argument("--target", type=float, default=2.0, help="ratio to count pairs against")
     p.add_argument("--conv-impl", default="auto")
     p.add_argument("--conv-bias", action="store_true")
@@ -223,6 +268,8 @@ def main(argv=None) -> int:
                         "most that divide it); 0: as training does by default, one device per "
                         "core (--threads N: N cores) for tasks of small episodes "
                         "(smallsample.parallel.auto_devices); 1: not split")
+    p.add_argument("--baseline", metavar="DIR", help="also step the JAX side of the checkout in "
+                   "DIR (an earlier version), in the same rotation")
     p.add_argument("--json")
     p.add_argument("--worker", metavar="NAME", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -230,9 +277,9 @@ def main(argv=None) -> int:
         return jax_worker(args.worker, args.warmup, args.conv_impl, args.conv_bias, args.devices)
     if args.pairs < 1:
         p.error(f"--pairs must be >= 1, got {args.pairs}")
-    env = _env(args.threads, "")
+    env = _env(args.threads)
     if args.heap == "hugepage":
-        from smallsample.procmem import hugepage_env  # noqa: PLC0415
+        from smallsample.runtime import hugepage_env  # noqa: PLC0415
 
         env = hugepage_env(env)
     cpu = _cpu()
@@ -250,6 +297,14 @@ def main(argv=None) -> int:
               f" of pairs >= {args.target:g}; step ms JAX {rec['jax_step_ms_median']:.0f}, "
               f"l2l {rec['l2l_step_ms_median']:.0f}; load {rec['loadavg_after'][0]:.1f}",
               flush=True)
+        if args.baseline:
+            b = rec["baseline"]
+            lo, hi = b["ratio_median_ci95"]
+            nlo, nhi = b["new_over_baseline"]["ratio_median_ci95"]
+            print(f"{'  baseline':<28} ratio median {b['ratio_median']:.2f} (95% CI "
+                  f"{lo:.2f}-{hi:.2f}), step ms {b['jax_step_ms_median']:.0f}; this checkout "
+                  f"over the baseline {b['new_over_baseline']['ratio_median']:.3f} "
+                  f"({nlo:.3f}-{nhi:.3f})", flush=True)
         rows.append(rec)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

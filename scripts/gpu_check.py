@@ -22,8 +22,7 @@ take the others with it; ``gpu_check.json`` in ``--out`` is rewritten after each
    references at float32 tolerances, which the GPU's default TF32 products do not meet by
    design).
 
-First run, one H200, 2026-11-30 (``benchmarks/README.md``): stages 1-4 in 460 s, the 60,000-step
-training in 197 s; the tests, then on one worker, passed 23 before their 73 s ran out.
+What it measured so far: ``benchmarks/README.md`` and ``docs/performance.md`` ("gpu").
 
 The last lines printed are a summary table. ``--dry-run`` runs every stage with tiny sizes (for
 checking the script on a CPU).
