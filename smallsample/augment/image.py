@@ -10,20 +10,25 @@ Conventions (those of dm-pix, which this module wraps where it already does the 
   being applied at all (``0`` is the identity, ``1`` always applies) decided with ``lax.cond``.
 - Sizes that shape arrays (``padding``, blur ``radius``, output ``size``) are static Python ints;
   magnitudes, probabilities and fill values may be traced.
+- Bad parameters: a concrete magnitude or probability (a Python or NumPy number, or a JAX scalar
+  outside ``jit``) that is NaN, infinite or out of range raises a ``ValueError`` naming the
+  function, the argument and the value. Traced values cannot raise: under ``jit`` / ``vmap`` a NaN
+  magnitude or probability gives an all-NaN image (never a plausible one such as an all-fill
+  warp), and other out-of-range values act as documented per function.
 - Geometry: rows go down, columns go right; a positive angle rotates counter-clockwise as the image
   is displayed (as ``np.rot90`` and ``scipy.ndimage.rotate`` do); the centre of an ``H x W`` image
   is ``((H - 1) / 2, (W - 1) / 2)``.
 
 What comes from dm-pix (``dm_pix``): flips, ``rot90``, the random crop and brightness /
-contrast / saturation / hue. Written here because dm-pix has no equivalent or does it far slower:
+contrast / saturation / hue. Written here because dm-pix has no equivalent or does it far slower
+(the comparisons: ``docs/performance.md``, "other families"):
 
 - the bilinear sampler of every warp (rotate / translate / scale / shear / affine, resized crop,
   elastic): dm-pix's ``flat_nd_linear_interpolate`` interpolates in 3-D over ``(row, col,
-  channel)`` with 8 scalar gathers per value; gathering whole ``[C]`` pixels at 4 corners is about
-  70x faster for a vmapped batch of 84x84x3 images on CPU (measured in this repository). Its
-  ``affine_transform`` also takes a raw matrix and sends the edge pixels of a 90-degree turn to the
-  fill through float rounding;
-- the Gaussian blur, as two matrix products (8x faster than dm-pix's depthwise convolution);
+  channel)`` with 8 scalar gathers per value; this one gathers whole ``[C]`` pixels at 4 corners,
+  far faster for a vmapped batch on CPU. dm-pix's ``affine_transform`` also takes a raw matrix and
+  sends the edge pixels of a 90-degree turn to the fill through float rounding;
+- the Gaussian blur, as two matrix products (faster than dm-pix's depthwise convolution);
 - one affine warp from rotation / translation / scale / shear parameters in degrees and pixels;
   pad-and-crop; random resized crop; cutout and random erasing (as masks, so traced sizes need no
   dynamic shapes); Gaussian noise; elastic distortion with an explicit
@@ -38,6 +43,7 @@ from collections.abc import Callable
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Numeric = float | jax.Array
@@ -90,25 +96,75 @@ def _check_image(image: jax.Array, where: str) -> None:
                          "(convert uint8 with episodes.to_float)")
 
 
-def _check_static_range(where: str, name: str, value, low: float, high: float) -> None:
-    """Checks Python numbers only: traced values cannot be checked without a host round trip."""
-    if isinstance(value, (int, float)) and not low <= value <= high:
-        raise ValueError(f"{where}: {name} must be in [{low}, {high}], got {value!r}")
+def _concrete(value) -> float | None:
+    """The number in a concrete scalar (Python, NumPy or a 0-d JAX array outside ``jit``), or
+    None when it is traced (or not a numeric scalar, left to JAX to reject)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    v = np.asarray(value)
+    if v.ndim != 0 or not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
+        return None
+    return float(v)
+
+
+def _check_static_range(where: str, name: str, value, low: float = -math.inf,
+                        high: float = math.inf, *, low_open: bool = False) -> None:
+    """A concrete ``value`` must be a finite number in ``[low, high]`` (``(low, high]`` when
+    ``low_open``); NaN and inf always fail. Traced values are not checked (see :func:`_nan_if`)."""
+    v = _concrete(value)
+    if v is None:
+        return
+    if not (math.isfinite(v) and (v > low if low_open else v >= low) and v <= high):
+        lo = f"{'(' if low_open or low == -math.inf else '['}{low}"
+        hi = f"{high}{')' if high == math.inf else ']'}"
+        raise ValueError(f"{where}: {name} must be a finite number in {lo}, {hi}, got {value!r}")
 
 
 def _check_static_order(where: str, low_name: str, low, high_name: str, high) -> None:
-    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
+    lo, hi = _concrete(low), _concrete(high)
+    if lo is not None and hi is not None and lo > hi:
         raise ValueError(f"{where}: {low_name}={low!r} is more than {high_name}={high!r}")
 
 
+def _check_finite_array(where: str, name: str, value) -> None:
+    """A concrete array ``value`` must hold only finite numbers."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):
+        return
+    v = np.asarray(value, np.float64).ravel()
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+        raise ValueError(f"{where}: {name} must be finite, got {v[bad][:5]} at flat indices "
+                         f"{bad[:10]}")
+
+
+def _nan_if(image: jax.Array, *values) -> jax.Array:
+    """``image``, or an all-NaN image when any traced ``values`` holds a NaN.
+
+    Concrete values were checked eagerly and cost nothing here; traced ones cannot raise, so a
+    NaN parameter under ``jit`` gives an unmistakable all-NaN image rather than a plausible one
+    (an all-fill warp, an unchanged image).
+    """
+    traced = [v for v in values if isinstance(v, jax.core.Tracer)]
+    if not traced:
+        return image
+    bad = jnp.any(jnp.stack([jnp.any(jnp.isnan(v.astype(jnp.float32))) for v in traced]))
+    return jnp.where(bad, jnp.asarray(jnp.nan, image.dtype), image)
+
+
 def _maybe(key: jax.Array, image: jax.Array, probability: Numeric,
-           apply: Callable[[jax.Array, jax.Array], jax.Array], where: str) -> jax.Array:
-    """``apply(key2, image)`` with the given probability, else ``image``; dtype is kept."""
+           apply: Callable[[jax.Array, jax.Array], jax.Array], where: str,
+           params: tuple = ()) -> jax.Array:
+    """``apply(key2, image)`` with the given probability, else ``image``; dtype is kept.
+
+    ``params`` are the transform's magnitudes: under ``jit`` a NaN among them or in
+    ``probability`` gives an all-NaN image (:func:`_nan_if`), whether applied or not.
+    """
     _check_image(image, where)
     _check_static_range(where, "probability", probability, 0.0, 1.0)
     k_apply, k_params = jax.random.split(key)
     do = jax.random.bernoulli(k_apply, probability)
-    return lax.cond(do, lambda im: apply(k_params, im).astype(im.dtype), lambda im: im, image)
+    out = lax.cond(do, lambda im: apply(k_params, im).astype(im.dtype), lambda im: im, image)
+    return _nan_if(out, probability, *params)
 
 
 def _uniform(key: jax.Array, low: Numeric, high: Numeric) -> jax.Array:
@@ -136,6 +192,8 @@ def rot90(image: jax.Array, k: int = 1) -> jax.Array:
     Non-square images come back as ``[W, H, C]`` for odd ``k``.
     """
     _check_image(image, "rot90")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"rot90: k must be a static int, got {k!r}")
     return pix.rot90(image, k)
 
 
@@ -253,49 +311,67 @@ def affine(image: jax.Array, *, degrees: Numeric = 0.0, translate=(0.0, 0.0),
     Returns:
       ``[H, W, C]``, bilinear sampling (dm-pix's sampler) with ``fill`` outside, the same as
       ``scipy.ndimage.affine_transform(order=1, mode="constant", cval=fill)``.
+
+    Concrete ``degrees``, ``translate``, ``scale`` and ``shear`` must be finite, with ``scale >
+    0`` and ``shear`` in ``(-90, 90)`` (``ValueError``); under ``jit`` a NaN among them gives an
+    all-NaN image.
     """
-    _check_image(image, "affine")
-    if isinstance(scale, (int, float)) and scale <= 0:
-        raise ValueError(f"affine: scale must be positive, got {scale!r}")
+    where = "affine"
+    _check_image(image, where)
+    _check_static_range(where, "degrees", degrees)
+    translate = jnp.asarray(translate, jnp.float32)
+    if translate.shape != (2,):
+        raise ValueError(f"{where}: translate must be (rows, cols), got shape {translate.shape}")
+    _check_finite_array(where, "translate", translate)
+    _check_static_range(where, "scale", scale, 0.0, low_open=True)
+    _check_static_range(where, "shear", shear, -90.0, 90.0, low_open=True)
+    if _concrete(shear) == 90.0:
+        raise ValueError(f"{where}: shear must be in (-90, 90), got {shear!r}")
     matrix = _inverse_affine(image.shape, degrees, translate, scale, shear)
     out = _warp(image, matrix, fill)
-    return out.astype(image.dtype)
+    return _nan_if(out.astype(image.dtype), degrees, translate, scale, shear)
 
 
 def rotate(image: jax.Array, degrees: Numeric, *, fill: Numeric = 0.0) -> jax.Array:
-    """Rotates ``[H, W, C]`` counter-clockwise by ``degrees`` about its centre (bilinear)."""
+    """Rotates ``[H, W, C]`` counter-clockwise by ``degrees`` about its centre (bilinear); a
+    non-finite concrete ``degrees`` raises, a traced NaN gives an all-NaN image."""
     return affine(image, degrees=degrees, fill=fill)
 
 
 def random_rotate(key: jax.Array, image: jax.Array, *, max_degrees: Numeric = 15.0,
                   fill: Numeric = 0.0, probability: Numeric = 1.0) -> jax.Array:
-    """:func:`rotate` by an angle uniform in ``[-max_degrees, max_degrees]``."""
+    """:func:`rotate` by an angle uniform in ``[-max_degrees, max_degrees]`` (``max_degrees``
+    finite and ``>= 0``)."""
+    _check_static_range("random_rotate", "max_degrees", max_degrees, 0.0)
+
     def apply(k, im):
         return affine(im, degrees=_uniform(k, -max_degrees, max_degrees), fill=fill)
-    return _maybe(key, image, probability, apply, "random_rotate")
+    return _maybe(key, image, probability, apply, "random_rotate", (max_degrees,))
 
 
 def random_translate(key: jax.Array, image: jax.Array, *, max_pixels: Numeric = 2.0,
                      fill: Numeric = 0.0, probability: Numeric = 1.0) -> jax.Array:
     """:func:`affine` translation by ``(rows, cols)``, each uniform in ``[-max_pixels,
-    max_pixels]`` (sub-pixel shifts are bilinear)."""
+    max_pixels]`` (sub-pixel shifts are bilinear; ``max_pixels`` finite and ``>= 0``)."""
+    _check_static_range("random_translate", "max_pixels", max_pixels, 0.0)
+
     def apply(k, im):
         t = jax.random.uniform(k, (2,), jnp.float32, -max_pixels, max_pixels)
         return affine(im, translate=t, fill=fill)
-    return _maybe(key, image, probability, apply, "random_translate")
+    return _maybe(key, image, probability, apply, "random_translate", (max_pixels,))
 
 
 def random_scale(key: jax.Array, image: jax.Array, *, min_scale: Numeric = 0.9,
                  max_scale: Numeric = 1.1, fill: Numeric = 0.0,
                  probability: Numeric = 1.0) -> jax.Array:
-    """:func:`affine` zoom by a factor uniform in ``[min_scale, max_scale]``."""
+    """:func:`affine` zoom by a factor uniform in ``[min_scale, max_scale]`` (finite, ``> 0``)."""
+    _check_static_range("random_scale", "min_scale", min_scale, 0.0, low_open=True)
+    _check_static_range("random_scale", "max_scale", max_scale, 0.0, low_open=True)
     _check_static_order("random_scale", "min_scale", min_scale, "max_scale", max_scale)
-    if isinstance(min_scale, (int, float)) and min_scale <= 0:
-        raise ValueError(f"random_scale: min_scale must be positive, got {min_scale!r}")
 
     def apply(k, im):
         return affine(im, scale=_uniform(k, min_scale, max_scale), fill=fill)
-    return _maybe(key, image, probability, apply, "random_scale")
+    return _maybe(key, image, probability, apply, "random_scale", (min_scale, max_scale))
 
 
 def random_shear(key: jax.Array, image: jax.Array, *, max_degrees: Numeric = 10.0,
@@ -305,7 +381,7 @@ def random_shear(key: jax.Array, image: jax.Array, *, max_degrees: Numeric = 10.
 
     def apply(k, im):
         return affine(im, shear=_uniform(k, -max_degrees, max_degrees), fill=fill)
-    return _maybe(key, image, probability, apply, "random_shear")
+    return _maybe(key, image, probability, apply, "random_shear", (max_degrees,))
 
 
 def random_affine(key: jax.Array, image: jax.Array, *, max_degrees: Numeric = 0.0,
@@ -315,10 +391,16 @@ def random_affine(key: jax.Array, image: jax.Array, *, max_degrees: Numeric = 0.
     """Random rotation, translation, scale and shear in ONE warp (one interpolation, one blur).
 
     Each parameter is uniform in its range, as in :func:`random_rotate`, :func:`random_translate`,
-    :func:`random_scale` and :func:`random_shear`; a zero range leaves that part out.
+    :func:`random_scale` and :func:`random_shear`, with the same checks; a zero range leaves that
+    part out.
     """
-    _check_static_order("random_affine", "min_scale", min_scale, "max_scale", max_scale)
-    _check_static_range("random_affine", "max_shear", max_shear, 0.0, 89.0)
+    where = "random_affine"
+    _check_static_range(where, "max_degrees", max_degrees, 0.0)
+    _check_static_range(where, "max_pixels", max_pixels, 0.0)
+    _check_static_range(where, "min_scale", min_scale, 0.0, low_open=True)
+    _check_static_range(where, "max_scale", max_scale, 0.0, low_open=True)
+    _check_static_order(where, "min_scale", min_scale, "max_scale", max_scale)
+    _check_static_range(where, "max_shear", max_shear, 0.0, 89.0)
 
     def apply(k, im):
         kd, kt, ks, kh = jax.random.split(k, 4)
@@ -327,7 +409,8 @@ def random_affine(key: jax.Array, image: jax.Array, *, max_degrees: Numeric = 0.
                                                    max_pixels),
                       scale=_uniform(ks, min_scale, max_scale),
                       shear=_uniform(kh, -max_shear, max_shear), fill=fill)
-    return _maybe(key, image, probability, apply, "random_affine")
+    return _maybe(key, image, probability, apply, where,
+                  (max_degrees, max_pixels, min_scale, max_scale, max_shear))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,9 +419,15 @@ def random_affine(key: jax.Array, image: jax.Array, *, max_degrees: Numeric = 0.
 def pad_and_crop(image: jax.Array, *, padding: int, top, left, fill: Numeric = 0.0) -> jax.Array:
     """Pads ``[H, W, C]`` by ``padding`` (static) pixels of ``fill`` on every side, then cuts the
     ``[H, W, C]`` window whose corner is at ``(top, left)`` in the padded image (0 ..
-    ``2 * padding``; traced ints allowed)."""
+    ``2 * padding``; traced ints allowed). A concrete corner outside that range raises
+    ``ValueError``; under ``jit`` it is clamped into range (``lax.dynamic_slice``)."""
     _check_image(image, "pad_and_crop")
     padded = _pad_constant(image, padding, fill)
+    for name, v in (("top", top), ("left", left)):
+        c = _concrete(v)
+        if c is not None and not (math.isfinite(c) and c == int(c) and 0 <= c <= 2 * padding):
+            raise ValueError(f"pad_and_crop: {name} must be an int in [0, {2 * padding}] "
+                             f"(2 * padding), got {v!r}")
     h, w, c = image.shape
     return lax.dynamic_slice(padded, (top, left, 0), (h, w, c))
 
@@ -379,15 +468,23 @@ def resized_crop(image: jax.Array, *, top: Numeric, left: Numeric, height: Numer
     output pixel ``i`` samples input row ``top + (i + 0.5) * height / out_h - 0.5``, bilinearly,
     with edge values beyond the border. No antialiasing.
 
+    Concrete ``top`` and ``left`` must be finite and ``height``, ``width`` finite and ``> 0``
+    (``ValueError``); under ``jit`` a NaN among them gives an all-NaN image.
+
     Returns:
       ``[out_h, out_w, C]``.
     """
-    _check_image(image, "resized_crop")
+    where = "resized_crop"
+    _check_image(image, where)
+    _check_static_range(where, "top", top)
+    _check_static_range(where, "left", left)
+    _check_static_range(where, "height", height, 0.0, low_open=True)
+    _check_static_range(where, "width", width, 0.0, low_open=True)
     out_h, out_w = _static_size(size, image, "resized_crop")
     rows = top + (jnp.arange(out_h, dtype=jnp.float32) + 0.5) * (height / out_h) - 0.5
     cols = left + (jnp.arange(out_w, dtype=jnp.float32) + 0.5) * (width / out_w) - 0.5
     rows, cols = jnp.broadcast_arrays(rows[:, None], cols[None, :])
-    return _bilinear(image, rows, cols)
+    return _nan_if(_bilinear(image, rows, cols), top, left, height, width)
 
 
 def random_resized_crop(key: jax.Array, image: jax.Array, *, min_scale: Numeric = 0.08,
@@ -408,10 +505,13 @@ def random_resized_crop(key: jax.Array, image: jax.Array, *, min_scale: Numeric 
     where = "random_resized_crop"
     _check_image(image, where)
     out_hw = _static_size(size, image, where)
-    _check_static_order(where, "min_scale", min_scale, "max_scale", max_scale)
-    _check_static_order(where, "min_ratio", min_ratio, "max_ratio", max_ratio)
     _check_static_range(where, "min_scale", min_scale, 0.0, 1.0)
     _check_static_range(where, "max_scale", max_scale, 0.0, 1.0)
+    _check_static_range(where, "min_ratio", min_ratio, 0.0, low_open=True)
+    _check_static_range(where, "max_ratio", max_ratio, 0.0, low_open=True)
+    _check_static_order(where, "min_scale", min_scale, "max_scale", max_scale)
+    _check_static_order(where, "min_ratio", min_ratio, "max_ratio", max_ratio)
+    params = (min_scale, max_scale, min_ratio, max_ratio)
     h, w = image.shape[0], image.shape[1]
 
     def apply(k, im):
@@ -429,23 +529,27 @@ def random_resized_crop(key: jax.Array, image: jax.Array, *, min_scale: Numeric 
             raise ValueError(f"{where}: size={out_hw} differs from the input (H, W)={(h, w)}, "
                              f"which needs probability=1, got {probability!r}")
         k_params = jax.random.split(key)[1]
-        return apply(k_params, image)
-    return _maybe(key, image, probability, apply, where)
+        return _nan_if(apply(k_params, image), *params)
+    return _maybe(key, image, probability, apply, where, params)
 
 
 # ----------------------------------------------------------------------------------------------
 # Colour (dm-pix).
 
 def adjust_brightness(image: jax.Array, delta: Numeric) -> jax.Array:
-    """Adds ``delta`` to every pixel (``dm_pix.adjust_brightness``, as ``tf.image``)."""
+    """Adds ``delta`` to every pixel (``dm_pix.adjust_brightness``, as ``tf.image``); a concrete
+    ``delta`` must be finite."""
     _check_image(image, "adjust_brightness")
+    _check_static_range("adjust_brightness", "delta", delta)
     return pix.adjust_brightness(image, delta).astype(image.dtype)
 
 
 def adjust_contrast(image: jax.Array, factor: Numeric) -> jax.Array:
     """``factor * (image - mean) + mean`` with the per-channel spatial mean
-    (``dm_pix.adjust_contrast``, as ``tf.image.adjust_contrast``)."""
+    (``dm_pix.adjust_contrast``, as ``tf.image.adjust_contrast``); a concrete ``factor`` must be
+    finite."""
     _check_image(image, "adjust_contrast")
+    _check_static_range("adjust_contrast", "factor", factor)
     return pix.adjust_contrast(image, factor).astype(image.dtype)
 
 
@@ -453,17 +557,20 @@ def adjust_saturation(image: jax.Array, factor: Numeric) -> jax.Array:
     """Multiplies the HSV saturation by ``factor`` (clipped to [0, 1]) (``dm_pix``).
 
     A one-channel (grey) image has no saturation and is returned unchanged; other channel counts
-    than 1 and 3 are a ``ValueError``.
+    than 1 and 3 are a ``ValueError``. A concrete ``factor`` must be finite and ``>= 0``.
     """
     _check_image(image, "adjust_saturation")
+    _check_static_range("adjust_saturation", "factor", factor, 0.0)
     if _grey_or_rgb(image, "adjust_saturation"):
         return image
     return pix.adjust_saturation(image, factor).astype(image.dtype)
 
 
 def adjust_hue(image: jax.Array, delta: Numeric) -> jax.Array:
-    """Rotates the HSV hue by ``delta`` turns (``dm_pix.adjust_hue``); grey images unchanged."""
+    """Rotates the HSV hue by ``delta`` turns (``dm_pix.adjust_hue``); grey images unchanged.
+    A concrete ``delta`` must be finite."""
     _check_image(image, "adjust_hue")
+    _check_static_range("adjust_hue", "delta", delta)
     if _grey_or_rgb(image, "adjust_hue"):
         return image
     return pix.adjust_hue(image, delta).astype(image.dtype)
@@ -479,28 +586,34 @@ def _grey_or_rgb(image, where) -> bool:
 
 def random_brightness(key: jax.Array, image: jax.Array, *, max_delta: Numeric = 0.2,
                       probability: Numeric = 1.0) -> jax.Array:
-    """:func:`adjust_brightness` by a delta uniform in ``[-max_delta, max_delta]``."""
+    """:func:`adjust_brightness` by a delta uniform in ``[-max_delta, max_delta]`` (``max_delta``
+    finite and ``>= 0``)."""
+    _check_static_range("random_brightness", "max_delta", max_delta, 0.0)
     return _maybe(key, image, probability,
                   lambda k, im: adjust_brightness(im, _uniform(k, -max_delta, max_delta)),
-                  "random_brightness")
+                  "random_brightness", (max_delta,))
 
 
 def random_contrast(key: jax.Array, image: jax.Array, *, lower: Numeric = 0.8,
                     upper: Numeric = 1.2, probability: Numeric = 1.0) -> jax.Array:
-    """:func:`adjust_contrast` by a factor uniform in ``[lower, upper]``."""
+    """:func:`adjust_contrast` by a factor uniform in ``[lower, upper]`` (finite)."""
+    _check_static_range("random_contrast", "lower", lower)
+    _check_static_range("random_contrast", "upper", upper)
     _check_static_order("random_contrast", "lower", lower, "upper", upper)
     return _maybe(key, image, probability,
                   lambda k, im: adjust_contrast(im, _uniform(k, lower, upper)),
-                  "random_contrast")
+                  "random_contrast", (lower, upper))
 
 
 def random_saturation(key: jax.Array, image: jax.Array, *, lower: Numeric = 0.8,
                       upper: Numeric = 1.2, probability: Numeric = 1.0) -> jax.Array:
-    """:func:`adjust_saturation` by a factor uniform in ``[lower, upper]``."""
+    """:func:`adjust_saturation` by a factor uniform in ``[lower, upper]`` (finite, ``>= 0``)."""
+    _check_static_range("random_saturation", "lower", lower, 0.0)
+    _check_static_range("random_saturation", "upper", upper, 0.0)
     _check_static_order("random_saturation", "lower", lower, "upper", upper)
     return _maybe(key, image, probability,
                   lambda k, im: adjust_saturation(im, _uniform(k, lower, upper)),
-                  "random_saturation")
+                  "random_saturation", (lower, upper))
 
 
 def random_hue(key: jax.Array, image: jax.Array, *, max_delta: Numeric = 0.05,
@@ -509,7 +622,7 @@ def random_hue(key: jax.Array, image: jax.Array, *, max_delta: Numeric = 0.05,
     _check_static_range("random_hue", "max_delta", max_delta, 0.0, 0.5)
     return _maybe(key, image, probability,
                   lambda k, im: adjust_hue(im, _uniform(k, -max_delta, max_delta)),
-                  "random_hue")
+                  "random_hue", (max_delta,))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -517,19 +630,20 @@ def random_hue(key: jax.Array, image: jax.Array, *, max_delta: Numeric = 0.05,
 
 def random_gaussian_noise(key: jax.Array, image: jax.Array, *, std: Numeric = 0.05,
                           probability: Numeric = 1.0) -> jax.Array:
-    """Adds i.i.d. ``N(0, std^2)`` noise to every pixel (not clipped)."""
-    if isinstance(std, (int, float)) and std < 0:
-        raise ValueError(f"random_gaussian_noise: std must be >= 0, got {std!r}")
+    """Adds i.i.d. ``N(0, std^2)`` noise to every pixel (not clipped; ``std`` finite, ``>= 0``)."""
+    _check_static_range("random_gaussian_noise", "std", std, 0.0)
     return _maybe(key, image, probability,
                   lambda k, im: im + std * jax.random.normal(k, im.shape, im.dtype),
-                  "random_gaussian_noise")
+                  "random_gaussian_noise", (std,))
 
 
 def _blur_matrix(n: int, sigma: jax.Array, radius: int) -> jax.Array:
     """``[n, n]`` matrix of a 1-D Gaussian filter (``2 * radius + 1`` taps, normalised) with the
     border reflected (``abcd|dcba``), so that blurring is two small matrix products."""
     taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
-    kernel = jnp.exp(-(taps ** 2) / (2.0 * jnp.asarray(sigma, jnp.float32) ** 2))
+    # sigma = 0 is the limit (the identity): the centre tap's 0 / 0 is taken as 0.
+    log_kernel = -(taps ** 2) / (2.0 * jnp.asarray(sigma, jnp.float32) ** 2)
+    kernel = jnp.exp(jnp.where(taps == 0, 0.0 * sigma, log_kernel))
     kernel = kernel / jnp.sum(kernel)
     out = jnp.arange(n)[:, None]
     src = out + jnp.arange(-radius, radius + 1)[None, :]
@@ -545,10 +659,14 @@ def gaussian_blur(image: jax.Array, sigma: Numeric, *, radius: int) -> jax.Array
     mode="reflect", truncate=radius / sigma)``; ``sigma`` may be traced.
 
     Computed as ``A_H @ image @ A_W^T`` with banded ``[H, H]`` / ``[W, W]`` filter matrices (the
-    reflection folded in): about 8x faster than ``dm_pix.gaussian_blur``'s depthwise convolution
-    for a vmapped batch of 84x84x3 images on CPU (measured here), and exact.
+    reflection folded in): exact, and faster on CPU than ``dm_pix.gaussian_blur``'s depthwise
+    convolution (``docs/performance.md``).
+
+    ``sigma = 0`` is the identity. A concrete ``sigma`` must be finite and ``>= 0``; under ``jit``
+    a NaN ``sigma`` gives an all-NaN image.
     """
     _check_image(image, "gaussian_blur")
+    _check_static_range("gaussian_blur", "sigma", sigma, 0.0)
     if not isinstance(radius, int) or radius < 0:
         raise ValueError(f"gaussian_blur: radius must be a static int >= 0, got {radius!r}")
     if radius >= min(image.shape[0], image.shape[1]):
@@ -566,36 +684,47 @@ def random_gaussian_blur(key: jax.Array, image: jax.Array, *, min_sigma: Numeric
     """:func:`gaussian_blur` with ``sigma`` uniform in ``[min_sigma, max_sigma]``; the kernel
     radius is ``ceil(3 * max_sigma)`` (so ``max_sigma`` must be a Python number)."""
     where = "random_gaussian_blur"
-    if not isinstance(max_sigma, (int, float)) or max_sigma <= 0:
-        raise ValueError(f"{where}: max_sigma must be a positive Python number, got {max_sigma!r}")
+    if (isinstance(max_sigma, bool) or not isinstance(max_sigma, (int, float))
+            or not 0 < max_sigma < math.inf):
+        raise ValueError(f"{where}: max_sigma must be a finite positive Python number, got "
+                         f"{max_sigma!r}")
+    _check_static_range(where, "min_sigma", min_sigma, 0.0)
     _check_static_order(where, "min_sigma", min_sigma, "max_sigma", max_sigma)
     radius = min(int(math.ceil(3 * max_sigma)), min(image.shape[0], image.shape[1]) - 1)
     return _maybe(key, image, probability,
                   lambda k, im: gaussian_blur(im, _uniform(k, min_sigma, max_sigma),
-                                              radius=radius), where)
+                                              radius=radius), where, (min_sigma,))
 
 
 def erase(image: jax.Array, *, top, left, height, width, fill: Numeric = 0.0) -> jax.Array:
     """Sets the box ``[top, top + height) x [left, left + width)`` (ints, traced allowed, clipped
-    to the image) to ``fill``; a mask, so the box size needs no static shape."""
+    to the image) to ``fill``; a mask, so the box size needs no static shape.
+
+    Concrete box numbers must be finite (``ValueError``); under ``jit`` a NaN among them gives an
+    all-NaN image (it would otherwise erase nothing)."""
     _check_image(image, "erase")
+    for name, v in (("top", top), ("left", left), ("height", height), ("width", width)):
+        _check_static_range("erase", name, v)
     rows = jnp.arange(image.shape[0])[:, None, None]
     cols = jnp.arange(image.shape[1])[None, :, None]
     inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
-    return jnp.where(inside, jnp.asarray(fill, image.dtype), image)
+    return _nan_if(jnp.where(inside, jnp.asarray(fill, image.dtype), image),
+                   top, left, height, width)
 
 
 def random_cutout(key: jax.Array, image: jax.Array, *, size: Numeric = 8, fill: Numeric = 0.0,
                   probability: Numeric = 1.0) -> jax.Array:
     """Cutout (DeVries & Taylor 2017): a ``size x size`` square of ``fill`` centred on a uniformly
-    drawn pixel, clipped at the border (so it may be partly outside)."""
+    drawn pixel, clipped at the border (so it may be partly outside); ``size`` finite, ``>= 0``."""
+    _check_static_range("random_cutout", "size", size, 0.0)
+
     def apply(k, im):
         kr, kc = jax.random.split(k)
         cr = jax.random.randint(kr, (), 0, im.shape[0])
         cc = jax.random.randint(kc, (), 0, im.shape[1])
         return erase(im, top=cr - size // 2, left=cc - size // 2, height=size, width=size,
                      fill=fill)
-    return _maybe(key, image, probability, apply, "random_cutout")
+    return _maybe(key, image, probability, apply, "random_cutout", (size,))
 
 
 def random_erasing(key: jax.Array, image: jax.Array, *, min_area: Numeric = 0.02,
@@ -603,8 +732,14 @@ def random_erasing(key: jax.Array, image: jax.Array, *, min_area: Numeric = 0.02
                    fill: Numeric = 0.0, probability: Numeric = 0.5) -> jax.Array:
     """Random erasing (Zhong et al. 2020): a box of ``area`` uniform in ``[min_area, max_area]``
     of the image and aspect ratio log-uniform in ``[min_ratio, max_ratio]``, inside the image,
-    set to ``fill``. A box larger than the image is clipped to it (torchvision redraws)."""
+    set to ``fill``. A box larger than the image is clipped to it (torchvision redraws). Areas
+    are fractions in ``[0, 1]``, ratios finite and ``> 0``.
+    """
     where = "random_erasing"
+    _check_static_range(where, "min_area", min_area, 0.0, 1.0)
+    _check_static_range(where, "max_area", max_area, 0.0, 1.0)
+    _check_static_range(where, "min_ratio", min_ratio, 0.0, low_open=True)
+    _check_static_range(where, "max_ratio", max_ratio, 0.0, low_open=True)
     _check_static_order(where, "min_area", min_area, "max_area", max_area)
     _check_static_order(where, "min_ratio", min_ratio, "max_ratio", max_ratio)
 
@@ -618,17 +753,21 @@ def random_erasing(key: jax.Array, image: jax.Array, *, min_area: Numeric = 0.02
         top = jax.random.randint(kt, (), 0, h - bh + 1)
         left = jax.random.randint(kl, (), 0, w - bw + 1)
         return erase(im, top=top, left=left, height=bh, width=bw, fill=fill)
-    return _maybe(key, image, probability, apply, where)
+    return _maybe(key, image, probability, apply, where,
+                  (min_area, max_area, min_ratio, max_ratio))
 
 
 def elastic(image: jax.Array, displacement: jax.Array) -> jax.Array:
     """Moves every output pixel's sample point by ``displacement [H, W, 2]`` (rows, cols, in
     pixels): output ``(i, j)`` = input at ``(i + d[i, j, 0], j + d[i, j, 1])``, bilinear, edge
-    values beyond the border (``scipy.ndimage.map_coordinates(order=1, mode="nearest")``)."""
+    values beyond the border (``scipy.ndimage.map_coordinates(order=1, mode="nearest")``).
+    A concrete ``displacement`` must be finite; under ``jit`` a NaN displacement gives NaN at
+    that pixel."""
     _check_image(image, "elastic")
     if displacement.shape != image.shape[:2] + (2,):
         raise ValueError(f"elastic: displacement must be [H, W, 2] = {image.shape[:2] + (2,)}, "
                          f"got {displacement.shape}")
+    _check_finite_array("elastic", "displacement", displacement)
     rows, cols = jnp.meshgrid(jnp.arange(image.shape[0], dtype=jnp.float32),
                               jnp.arange(image.shape[1], dtype=jnp.float32), indexing="ij")
     return _bilinear(image, rows + displacement[..., 0], cols + displacement[..., 1])
@@ -641,8 +780,10 @@ def random_elastic(key: jax.Array, image: jax.Array, *, alpha: Numeric = 34.0,
     radius, ``ceil(3 * sigma)``, reflecting at the border) and scaled by ``alpha`` pixels, then
     :func:`elastic`. The defaults are Simard's for 28x28 handwriting (dm-pix's
     ``elastic_deformation`` does the same with its slower sampler and zero-padded smoothing)."""
-    if not isinstance(sigma, (int, float)) or sigma <= 0:
-        raise ValueError(f"random_elastic: sigma must be a positive Python number, got {sigma!r}")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < math.inf:
+        raise ValueError(f"random_elastic: sigma must be a finite positive Python number, got "
+                         f"{sigma!r}")
+    _check_static_range("random_elastic", "alpha", alpha)
 
     def apply(k, im):
         noise = jax.random.uniform(k, im.shape[:2] + (2,), jnp.float32, -1.0, 1.0)
@@ -650,4 +791,4 @@ def random_elastic(key: jax.Array, image: jax.Array, *, alpha: Numeric = 34.0,
         field = gaussian_blur(noise, float(sigma), radius=radius) * alpha
         return elastic(im, field)
 
-    return _maybe(key, image, probability, apply, "random_elastic")
+    return _maybe(key, image, probability, apply, "random_elastic", (alpha,))
