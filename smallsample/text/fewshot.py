@@ -19,6 +19,7 @@ the whole test split, mean +- CI over seeds), and out-of-scope detection by a co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -29,7 +30,7 @@ import numpy as np
 import optax
 
 from smallsample.data.text import k_shot_indices
-from smallsample.evaluate import Result, mean_ci95
+from smallsample.evaluate import Result, check_learner_ways, mean_ci95
 from smallsample.learners.base import Learner
 from smallsample.learners.closed_form import r2d2
 from smallsample.learners.finetune import finetune
@@ -46,8 +47,17 @@ class Identity(nn.Module):
 
 
 def _check_ways(ways: int) -> None:
-    if not isinstance(ways, int) or ways < 2:
+    if isinstance(ways, bool) or not isinstance(ways, int) or ways < 2:
         raise ValueError(f"ways must be an int >= 2, got {ways!r}")
+
+
+def _check_number(name: str, value, *, positive: bool = True) -> None:
+    """A finite Python number, ``> 0`` when ``positive`` (else ``>= 0``)."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.number))
+          and math.isfinite(value) and (value > 0 if positive else value >= 0))
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
+                         f"got {value!r}")
 
 
 def prototypes(ways: int, *, name: str = "prototypes") -> Learner:
@@ -72,6 +82,8 @@ def linear_probe(ways: int, *, steps: int = 100, learning_rate: float = 0.1,
     ``params`` is ``{'body': {}}``; ``adapt``'s ``key`` draws the initial head.
     """
     _check_ways(ways)
+    _check_number("learning_rate", learning_rate)
+    _check_number("weight_decay", weight_decay, positive=False)
     opt = optax.adamw(learning_rate, weight_decay=weight_decay)
     learner = finetune(Identity(), ways, head="linear", steps=steps, optimizer=opt, name=name)
     return learner._replace(init=lambda key, example_x: {"body": {}})
@@ -81,9 +93,11 @@ def ridge(ways: int, *, lam: float = 1.0, scale: float = 10.0, name: str = "ridg
     """Closed-form ridge-regression head (R2D2's, fixed ``lam``) on embeddings ``[n, d]``.
 
     Logits ``scale * X_query W`` with ``W = ridge_weights(X_support, onehot, lam)`` ``[d, ways]``;
-    ``scale`` only sharpens the softmax (argmax is unchanged).
+    ``scale`` only sharpens the softmax (argmax is unchanged). Both must be finite and ``> 0``.
     """
     _check_ways(ways)
+    _check_number("lam", lam)
+    _check_number("scale", scale)
     learner = r2d2(Identity(), ways, lam=lam, learn_lambda=False, name=name)
 
     def init(key, example_x):
@@ -156,6 +170,8 @@ def encoder_finetune(config: bert.BertConfig, ways: int, *, steps: int = 10,
     _check_ways(ways)
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    _check_number("learning_rate", learning_rate)
+    _check_number("scale", scale)
     opt = optax.adam(learning_rate)
 
     def embed(enc, ids):
@@ -205,7 +221,9 @@ def encoder_finetune(config: bert.BertConfig, ways: int, *, steps: int = 10,
 def token_id_matrix(tokenizer: Any, texts: Sequence[str], *, length: int,
                     pad_id: int = 0) -> np.ndarray:
     """Token ids of ``texts`` padded (or truncated, keeping the final ``[SEP]``) to ``length``:
-    int32 ``[len(texts), length]``."""
+    int32 ``[len(texts), length]`` (``length >= 2``: room for ``[CLS]`` and ``[SEP]``)."""
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 2:
+        raise ValueError(f"length must be an int >= 2 (room for [CLS] and [SEP]), got {length!r}")
     out = np.full((len(texts), length), pad_id, np.int32)
     for i, enc in enumerate(tokenizer.encode_batch([str(t) for t in texts])):
         ids = enc.ids
@@ -251,22 +269,42 @@ def kshot_accuracy(key: jax.Array, learner: Learner, params: Any, train_x: Any,
       train_y, test_y: int labels ``[n_train]``, ``[n_test]`` (negative labels, e.g. CLINC150's
         out-of-scope, are never drawn and must not be in ``test_y``).
       predict_batch: predict the test split in chunks of this many rows (default all at once).
+
+    Raises:
+      ValueError: labels of the wrong shape or outside ``[0, num_classes)`` (negative allowed in
+        ``train_y``), or a learner whose logits do not have ``num_classes`` columns (checked on
+        shapes before adapting: a learner built for fewer classes would never predict the others
+        and still report an accuracy).
     """
-    test_y = np.asarray(test_y)
-    if test_y.ndim != 1 or len(test_x) != test_y.shape[0]:
-        raise ValueError(f"test_y must be [n_test] = [{len(test_x)}], got {test_y.shape}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if predict_batch is not None and (isinstance(predict_batch, bool) or not isinstance(
+            predict_batch, (int, np.integer)) or predict_batch < 1):
+        raise ValueError(f"predict_batch must be an int >= 1 or None, got {predict_batch!r}")
+    train_x, test_x = np.asarray(train_x), np.asarray(test_x)
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    for name, y, x in (("train_y", train_y, train_x), ("test_y", test_y, test_x)):
+        if y.ndim != 1 or x.shape[:1] != y.shape:
+            raise ValueError(f"{name} must be [n] = [{x.shape[0] if x.ndim else '?'}] (one label "
+                             f"per row of {name[:-1]}x, shape {x.shape}), got {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{name} must be integer labels, got dtype {y.dtype}")
+    if train_y.size and train_y.max() >= num_classes:
+        raise ValueError(f"train_y must be < num_classes={num_classes}, got {train_y.max()}")
     if test_y.size and (test_y.min() < 0 or test_y.max() >= num_classes):
         raise ValueError(f"test_y must be in [0, {num_classes}), got [{test_y.min()}, "
                          f"{test_y.max()}]")
     k_pick, k_adapt = jax.random.split(key)
     idx = k_shot_indices(k_pick, train_y, num_classes=num_classes, shots=shots).ravel()
-    support_x = jnp.asarray(np.asarray(train_x)[idx])
-    support_y = jnp.asarray(np.asarray(train_y)[idx], jnp.int32)
-    state = learner.adapt(params, support_x, support_y, k_adapt)
+    support_x = jnp.asarray(train_x[idx])
+    support_y = jnp.asarray(train_y[idx], jnp.int32)
     n = test_y.shape[0]
-    chunk = n if predict_batch is None else predict_batch
-    preds = [np.asarray(jnp.argmax(learner.predict(params, state,
-                                                   jnp.asarray(np.asarray(test_x)[s:s + chunk])),
+    chunk = n if predict_batch is None else int(predict_batch)
+    check_learner_ways(learner, params, support_x, support_y,
+                       jax.ShapeDtypeStruct((min(chunk, n),) + test_x.shape[1:], test_x.dtype),
+                       ways=num_classes, where="kshot_accuracy")
+    state = learner.adapt(params, support_x, support_y, k_adapt)
+    preds = [np.asarray(jnp.argmax(learner.predict(params, state, jnp.asarray(test_x[s:s + chunk])),
                                    -1)) for s in range(0, n, chunk)]
     return float((np.concatenate(preds) == test_y).mean())
 
@@ -290,8 +328,14 @@ def prototype_scores(prototypes_: jax.Array, x: jax.Array, *,
     """(predicted class ``[n]``, confidence ``[n]``) of the prototype classifier.
 
     ``kind='distance'``: confidence ``-min_k |x - c_k|^2``; ``kind='probability'``: the largest
-    softmax probability of ``-|x - c_k|^2 / temperature``. Higher means more in-scope.
+    softmax probability of ``-|x - c_k|^2 / temperature`` (finite, ``> 0``). Higher means more
+    in-scope. ``prototypes_`` is ``[ways, d]`` and ``x`` is ``[n, d]``.
     """
+    if prototypes_.ndim != 2 or x.ndim != 2 or prototypes_.shape[1] != x.shape[1]:
+        raise ValueError(f"prototypes_ must be [ways, d] and x [n, d], got {prototypes_.shape} "
+                         f"and {x.shape}")
+    if kind == "probability":
+        _check_number("temperature", temperature)
     logits = -squared_distances(x, prototypes_)
     if kind == "distance":
         conf = jnp.max(logits, -1)
@@ -322,6 +366,12 @@ def oos_metrics(in_scores: np.ndarray, in_correct: np.ndarray, oos_scores: np.nd
     if in_scores.shape != in_correct.shape or in_scores.ndim != 1 or oos_scores.ndim != 1:
         raise ValueError(f"in_scores and in_correct must be [n_in] and oos_scores [n_oos]; got "
                          f"{in_scores.shape}, {in_correct.shape}, {oos_scores.shape}")
+    for name, v in (("in_scores", in_scores), ("oos_scores", oos_scores)):
+        bad = np.flatnonzero(np.isnan(v.astype(np.float64)))
+        if bad.size:  # a NaN compares False: it would silently count as out-of-scope
+            raise ValueError(f"{name} contains NaN at indices {bad[:10]}")
+    if np.isnan(threshold):
+        raise ValueError("threshold is NaN")
     return OOSMetrics(float(np.mean(in_correct & (in_scores >= threshold))),
                       float(np.mean(oos_scores < threshold)))
 
