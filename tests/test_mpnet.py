@@ -491,6 +491,7 @@ def test_corrupt_or_pickled_cache_is_rebuilt_not_loaded(tiny_folder, tmp_path):
         "raw pickle": pickle.dumps(Payload()),
         "object array": None,
         "wrong shape": None,
+        "npz archive": None,
     }
     for name in broken:
         if name == "truncated":
@@ -500,6 +501,9 @@ def test_corrupt_or_pickled_cache_is_rebuilt_not_loaded(tiny_folder, tmp_path):
             np.save(path, np.array([Payload()], dtype=object), allow_pickle=True)
         elif name == "wrong shape":
             np.save(path, fresh[:1])
+        elif name == "npz archive":
+            with open(path, "wb") as f:
+                np.savez(f, fresh)
         else:
             path.write_bytes(broken[name])
         with pytest.warns(RuntimeWarning, match="embedding cache"):

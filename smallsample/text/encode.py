@@ -187,6 +187,11 @@ def read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
         warnings.warn(f"{path}: unreadable embedding cache ({type(e).__name__}: {e}); "
                       "recomputing and rewriting it", RuntimeWarning, stacklevel=3)
         return None
+    if not isinstance(cached, np.ndarray):  # a zip is read as a lazy NpzFile
+        cached.close()
+        warnings.warn(f"{path}: embedding cache is an .npz archive, not an array; recomputing "
+                      "and rewriting it", RuntimeWarning, stacklevel=3)
+        return None
     if cached.shape != shape or cached.dtype != np.float32:
         warnings.warn(f"{path}: embedding cache holds {cached.dtype} {cached.shape}, not "
                       f"float32 {shape}; recomputing and rewriting it", RuntimeWarning,
