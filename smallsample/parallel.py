@@ -50,12 +50,9 @@ def split_devices(batch: int, devices: int) -> int:
 
 
 #: ``auto_devices``: on CPU the meta-batch is split over the CPU devices only when a task's episode
-#: holds at most this many input values (:func:`episode_values`). Measured on a
-#: 2-core CPU (``benchmarks/devices_ab.py``, 2026-12-01): split over 2 devices, the Omniglot
-#: 5-way steps (62,720 and 78,400 values) were 1.11-1.34x faster (MAML 1- and 5-shot, ANIL,
-#: 5 inner steps) and ProtoNet 5w5s at 32 episodes 1.01x; 20-way 1-shot (250,880) 0.96x and
-#: 84x84 5w5s (2.1 million) 0.90x. A small task's chain of small operations leaves a core idle
-#: that a second task fills; a large task's operations are split over the cores already.
+#: holds at most this many input values (:func:`episode_values`): a small task's chain of small
+#: operations leaves a core idle that a second task fills, while a large task's operations are
+#: split over the cores already (docs/performance.md, "one cpu device per core").
 SPLIT_MAX_TASK_VALUES = 100_000
 
 

@@ -244,8 +244,8 @@ VECTOR_ISA = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_v
 def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     """The CPU's model name and which of :data:`VECTOR_ISA` it has, from ``cpuinfo`` (Linux;
     elsewhere ``platform.processor()`` and no list). The same code runs at different speeds, and
-    in different ratios to PyTorch, on an AVX2 and an AVX-512 machine (``benchmarks/README.md``),
-    so a record says which it ran on."""
+    in different ratios to PyTorch, on an AVX2 and an AVX-512 machine (docs/performance.md,
+    "avx2 and avx512"), so a record says which it ran on."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:

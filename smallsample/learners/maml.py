@@ -19,8 +19,9 @@ vmapped); BatchNorm's scale and shift are parameters like any other and are adap
 loop; there are no running averages.
 
 Convolutions: a model built with ``conv_impl='auto'`` runs with the lowering
-:func:`smallsample.models.layers.inner_loop_model` gives it: on GPUs im2col, 3.4-5.4x faster than
-cuDNN's convolutions in the Omniglot MAML-family steps on one H200; unchanged on CPU.
+:func:`smallsample.models.layers.inner_loop_model` gives it: on GPUs im2col, faster there than
+cuDNN's convolutions with per-task weights (docs/performance.md, "convolution lowering");
+unchanged on CPU.
 
 More inner steps at test time: the parameters do not depend on ``inner_steps``, so evaluation builds
 a second learner with the same settings and a larger ``inner_steps`` (e.g. MAML trains with 5 steps

@@ -53,8 +53,8 @@ def protonet(model: nn.Module, ways: int, *, norm: str = "separate",
     ``one_pass`` (``'separate'`` only): the training gradient (``task_grad``) embeds support and
     queries as one batch, each normalised with its own statistics
     (:func:`~smallsample.models.layers.segmented_batch_stats`): the same numbers as embedding them
-    apart, with one convolution per layer instead of two (ProtoNet Omniglot 5w5s on a 2-core CPU:
-    1.07-1.11x at 32 episodes a step, 1.00-1.07x at one; ``benchmarks/README.md``). It is exact
+    apart, with one convolution per layer instead of two (docs/performance.md, "protonet in one
+    pass"). It is exact
     only for a model whose examples meet nowhere but in ``BatchStatNorm``; ``None`` (default)
     turns it on for models that say so (``EXAMPLES_MEET_ONLY_IN_BATCH_STAT_NORM``: Conv-4,
     ResNet-12). ``adapt`` and ``predict`` (evaluation) are the same either way.

@@ -38,9 +38,8 @@ class Conv4(nn.Module):
         bias; the variance does not change), so the network computes the same function without
         it and its true gradient is zero: only rounding noise reaches it, which Adam then scales
         up to full-size steps of a parameter that changes nothing. Off by default: its gradients
-        are reductions over every activation, about 4% of a CPU MAML Omniglot 5w1s step in a
-        profile; four A/B runs of the whole step in one process gave 1.12x, 1.01x, 1.04x and 1.05x
-        without it (``benchmarks/maml_model_ab.py``, ``benchmarks/README.md``). ``True`` gives
+        are reductions over every activation, time for nothing (docs/performance.md, "conv4
+        without conv biases"). ``True`` gives
         the reference models' parameter tree, e.g. to load their weights.
     """
 

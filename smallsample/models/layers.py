@@ -112,9 +112,8 @@ def _conv_shift(x: jax.Array, kernel: jax.Array, *, stride: int, padding: int) -
     The padded input is split into its ``stride x stride`` phases by a reshape (no gather), so each
     tap ``(i, j)`` reads a contiguous window of one phase and multiplies it by ``kernel[i, j]``
     (``[Cin, Cout]``). Unlike im2col there is no ``[.., kh*kw*Cin]`` patch tensor, and the gradient
-    of each window is a plain pad rather than an interior (strided) pad. Faster than im2col for
-    one vmapped layer's gradient on XLA CPU, but slower in the whole MAML step (measured), so
-    ``'auto'`` does not pick it.
+    of each window is a plain pad rather than an interior (strided) pad. ``'auto'`` does not pick
+    it: slower than im2col in the whole MAML step (docs/performance.md, "convolution lowering").
     """
     kh, kw, cin, _ = kernel.shape
     n, h, w, _ = x.shape
@@ -237,9 +236,8 @@ def batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     channel (a constant for differentiation).
 
     The textbook two passes (the mean, then the mean of ``(x - mean)^2``) read the activations
-    once more, and XLA's CPU fusions of their derivative more than that: a Conv-4 block's
-    BatchNorm, ReLU and max-pool, forward and backward on 75 x 28x28x64, took 38 ms against
-    18 ms in this form (``benchmarks/bench_norm.py``). Shifting by a sample of the channel keeps
+    once more, and XLA's CPU fusions of their derivative more than that (docs/performance.md,
+    "batchnorm in one pass"). Shifting by a sample of the channel keeps
     ``E[(x-k)^2] - E[x-k]^2`` from cancelling when the mean is large against the spread; the
     variance is clipped at zero against rounding.
     """
@@ -263,9 +261,8 @@ def max_pool2(x: jax.Array) -> jax.Array:
     """2x2 max-pool with stride 2, floor mode (PyTorch's default), of ``x [n, H, W, C]``.
 
     The derivative sends each window's tangent (or cotangent) through the position of its first
-    maximum, found once by ``argmax``. This is the subgradient ``lax.reduce_window`` gives, and its
-    whole training step runs about 1.3x faster on XLA's CPU backend (a 20-way prototypical
-    step, measured side by side). JAX's own derivative of a reshape + ``max`` (and a hand-written
+    maximum, found once by ``argmax``. This is the subgradient ``lax.reduce_window`` gives, at a
+    fraction of its cost on XLA's CPU backend (docs/performance.md, "max pool derivative"). JAX's own derivative of a reshape + ``max`` (and a hand-written
     one alike) finds the maximum by testing ``x == max(x)``; under ``jit`` XLA may recompute ``x``
     in another fusion with different rounding, the test then fails, and gradient is lost: with the
     im2col convolution it gave wrong gradients, in float64 too (see
