@@ -166,7 +166,8 @@ def test_a_run_saved_before_conv_bias_existed_resumes_with_its_biases(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    full = train_and_evaluate(TINY, tmp_path / "full", progress=False, data=DATA, log=lambda s: None)
+    full = train_and_evaluate(TINY, tmp_path / "full", progress=False, data=DATA,
+                              log=lambda s: None)
     train_and_evaluate(TINY.replace(steps=2), tmp_path / "split", progress=False, data=DATA,
           log=lambda s: None)
     resumed = train_and_evaluate(TINY, tmp_path / "split", resume=True, progress=False, data=DATA,

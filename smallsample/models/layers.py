@@ -262,10 +262,11 @@ def max_pool2(x: jax.Array) -> jax.Array:
 
     The derivative sends each window's tangent (or cotangent) through the position of its first
     maximum, found once by ``argmax``. This is the subgradient ``lax.reduce_window`` gives, at a
-    fraction of its cost on XLA's CPU backend (docs/performance.md, "max pool derivative"). JAX's own derivative of a reshape + ``max`` (and a hand-written
-    one alike) finds the maximum by testing ``x == max(x)``; under ``jit`` XLA may recompute ``x``
-    in another fusion with different rounding, the test then fails, and gradient is lost: with the
-    im2col convolution it gave wrong gradients, in float64 too (see
+    fraction of its cost on XLA's CPU backend (docs/performance.md, "max pool derivative").
+    JAX's own derivative of a reshape + ``max`` (and a hand-written one alike) finds the maximum
+    by testing ``x == max(x)``; under ``jit`` XLA may recompute ``x`` in another fusion with
+    different rounding, the test then fails, and gradient is lost: with the im2col convolution
+    it gave wrong gradients, in float64 too (see
     ``tests/test_models.py::test_max_pool2_jit_gradient_equals_reduce_window``).
     """
     n, h, w, c = x.shape
