@@ -13,8 +13,11 @@ class Config:
     """Everything that defines a run. Presets (:data:`PRESETS`) override the defaults."""
 
     # data
-    dataset: str = "omniglot"
-    split: str = "vinyals"            # vinyals | maml | lake
+    dataset: str = "omniglot"         # omniglot | mini-imagenet | tiered-imagenet | cifar-fs
+                                      # | fc100 | cub | folder | tfds:NAME (smallsample.registry)
+    data_path: str = ""               # the data set's folder (folder: required; benchmarks:
+                                      # default <data>/<dataset>; tfds: its data_dir)
+    split: str = "vinyals"            # omniglot: vinyals | maml | lake
     train_part: str = "train"
     val_part: str = "val"             # "" for none
     test_part: str = "test"
@@ -191,6 +194,42 @@ PRESETS: dict[str, dict] = {
                                 backbone="conv4-stride", ways=20, shots=5, train_queries=15,
                                 meta_batch=16, inner_steps=5, inner_lr=0.1, rotate=True,
                                 steps=60000),
+    # mini-ImageNet (Ravi & Larochelle's split, 84x84). MAML (Finn et al. 2017): Conv-4 with 32
+    # filters and max-pooling, 5 inner steps at 0.01 (10 at test), meta-batch 4 (1-shot) / 2
+    # (5-shot), 60,000 steps, 15 queries. Prototypical networks (Snell et al. 2017): Conv-4,
+    # 30-way (1-shot) / 20-way (5-shot) training episodes, 15 queries, Adam 1e-3 halved every
+    # 2,000 steps. ResNet-12 (as in MetaOptNet, Lee et al. 2019, with the ProtoNet head).
+    "mini-imagenet-maml-5w1s": dict(dataset="mini-imagenet", image_size=84, learner="maml",
+                                    backbone="conv4", width=32, ways=5, shots=1,
+                                    train_queries=15, meta_batch=4, inner_steps=5,
+                                    test_inner_steps=10, inner_lr=0.01, steps=60000,
+                                    val_episodes=100),
+    "mini-imagenet-maml-5w5s": dict(dataset="mini-imagenet", image_size=84, learner="maml",
+                                    backbone="conv4", width=32, ways=5, shots=5,
+                                    train_queries=15, meta_batch=2, inner_steps=5,
+                                    test_inner_steps=10, inner_lr=0.01, steps=60000,
+                                    val_episodes=100),
+    "mini-imagenet-protonet-5w1s": dict(dataset="mini-imagenet", image_size=84,
+                                        learner="protonet", ways=5, shots=1, train_ways=30,
+                                        train_queries=15, steps=20000, lr_decay_every=2000),
+    "mini-imagenet-protonet-5w5s": dict(dataset="mini-imagenet", image_size=84,
+                                        learner="protonet", ways=5, shots=5, train_ways=20,
+                                        train_queries=15, steps=20000, lr_decay_every=2000),
+    "mini-imagenet-protonet-resnet12-5w1s": dict(dataset="mini-imagenet", image_size=84,
+                                                 learner="protonet", backbone="resnet12", ways=5,
+                                                 shots=1, train_ways=5, train_queries=15,
+                                                 steps=40000, lr_decay_every=10000),
+    "mini-imagenet-protonet-resnet12-5w5s": dict(dataset="mini-imagenet", image_size=84,
+                                                 learner="protonet", backbone="resnet12", ways=5,
+                                                 shots=5, train_ways=5, train_queries=15,
+                                                 steps=40000, lr_decay_every=10000),
+    # CIFAR-FS (Bertinetto et al. 2019): CIFAR-100 classes 64 / 16 / 20, 32x32
+    "cifar-fs-protonet-5w1s": dict(dataset="cifar-fs", image_size=32, learner="protonet",
+                                   ways=5, shots=1, train_ways=30, train_queries=15,
+                                   steps=20000, lr_decay_every=2000),
+    "cifar-fs-protonet-5w5s": dict(dataset="cifar-fs", image_size=32, learner="protonet",
+                                   ways=5, shots=5, train_ways=20, train_queries=15,
+                                   steps=20000, lr_decay_every=2000),
 }
 
 

@@ -28,20 +28,45 @@ from smallsample.learners import (
 )
 from smallsample.models import Conv4, ResNet12
 
-DATASETS = ("omniglot",)
+#: Image benchmarks read from the user's files (:mod:`smallsample.data.benchmarks`).
+BENCHMARKS = ("mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100", "cub")
+#: ``config.dataset`` values; ``tfds:NAME`` reads a prepared TensorFlow Datasets set.
+DATASETS = ("omniglot", *BENCHMARKS, "folder", "tfds:NAME")
+
+
+def _check_dataset(config: Config) -> None:
+    if config.dataset not in DATASETS and not config.dataset.startswith("tfds:"):
+        raise ValueError(f"unknown dataset {config.dataset!r}; available: {', '.join(DATASETS)}")
+    if config.dataset == "folder" and not config.data_path:
+        raise ValueError("dataset=folder needs data_path=DIR (a folder of class folders)")
+
+
+def load_part(config: Config, part: str, root=None) -> np.ndarray:
+    """The class-indexed uint8 array ``[num_classes, per_class, H, W, C]`` of one part (a split
+    name: ``train``, ``val``, ``test``, or the data set's own) of the config's data set."""
+    _check_dataset(config)
+    name, size, path = config.dataset, config.image_size, config.data_path or None
+    if name == "omniglot":
+        from smallsample.data.omniglot import load_split  # noqa: PLC0415 (decoding is heavy)
+
+        return load_split(config.split, part, size=size, root=root).images
+    if name in BENCHMARKS:
+        from smallsample.data.benchmarks import load_benchmark  # noqa: PLC0415
+
+        return load_benchmark(name, part, path=path, root=root, size=size).images
+    if name == "folder":
+        from smallsample.data.images import folder_split  # noqa: PLC0415
+
+        return folder_split(path, part, size=size).images
+    from smallsample.data.tfds import load_tfds  # noqa: PLC0415 (an optional dependency)
+
+    return load_tfds(name.removeprefix("tfds:"), split=part, data_dir=path, size=size).images
 
 
 def load_data(config: Config, root=None) -> dict[str, np.ndarray]:
     """Class-indexed uint8 arrays for the config's ``train`` / ``val`` / ``test`` parts."""
-    if config.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {config.dataset!r}; available: {', '.join(DATASETS)}")
-    from smallsample.data.omniglot import load_split  # noqa: PLC0415 (decoding is heavy)
-
     parts = {"train": config.train_part, "val": config.val_part, "test": config.test_part}
-    data = {}
-    for role, part in parts.items():
-        if part:
-            data[role] = load_split(config.split, part, size=config.image_size, root=root).images
+    data = {role: load_part(config, part, root) for role, part in parts.items() if part}
     if config.per_class and "train" in data and config.per_class > data["train"].shape[1]:
         raise ValueError(f"per_class={config.per_class} is more than the "
                          f"{data['train'].shape[1]} examples per class")
@@ -139,8 +164,7 @@ def validate(config: Config) -> Config:
     if config.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {config.backbone!r}; choose from "
                          f"{', '.join(BACKBONES)}")
-    if config.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {config.dataset!r}; available: {', '.join(DATASETS)}")
+    _check_dataset(config)
     return config
 
 

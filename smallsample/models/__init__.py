@@ -6,7 +6,9 @@ meta-learning, and pretrained text encoders loaded from local weight files.
   the batch at hand, the 2x2 max-pool;
 - :mod:`~smallsample.models.onednn`: oneDNN's CPU convolutions as JAX primitives (an optional
   extra, built explicitly: ``smallsample onednn build``);
-- :mod:`~smallsample.models.bert`: BERT-family sentence encoders (MiniLM).
+- :mod:`~smallsample.models.bert`, :mod:`~smallsample.models.mpnet`: pretrained sentence
+  encoders (MiniLM, all-mpnet-base-v2) on :mod:`~smallsample.models.transformer`;
+  :mod:`~smallsample.models.pretrained` loads either by name or folder.
 """
 
 from smallsample.models.conv4 import Conv4
