@@ -14,7 +14,8 @@ Conventions (those of dm-pix, which this module wraps where it already does the 
   outside ``jit``) that is NaN, infinite or out of range raises a ``ValueError`` naming the
   function, the argument and the value. Traced values cannot raise: under ``jit`` / ``vmap`` a NaN
   magnitude or probability gives an all-NaN image (never a plausible one such as an all-fill
-  warp), and other out-of-range values act as documented per function.
+  warp); a traced probability outside ``[0, 1]`` acts as the nearest end, and other out-of-range
+  values act as documented per function.
 - Geometry: rows go down, columns go right; a positive angle rotates counter-clockwise as the image
   is displayed (as ``np.rot90`` and ``scipy.ndimage.rotate`` do); the centre of an ``H x W`` image
   is ``((H - 1) / 2, (W - 1) / 2)``.
