@@ -52,6 +52,7 @@ from smallsample.data.images import (
     read_class_list,
     to_array,
 )
+from smallsample.data.text import csv_rows, read_text
 
 MINI_IMAGENET_CLASSES = {"train": 64, "val": 16, "test": 20}
 MINI_IMAGENET_PER_CLASS = 600
@@ -94,10 +95,11 @@ def read_mini_imagenet_csv(path: str | os.PathLike) -> dict[str, list[str]]:
     seen = set()
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
+        rows = csv_rows(path, reader)
+        header = next(rows, None)
         if header != ["filename", "label"]:
-            raise DataError(f"{path}: header is {header!r}, expected ['filename', 'label']")
-        for row in reader:
+            raise DataError(f"{path}: header is {header!r:.80}, expected ['filename', 'label']")
+        for row in rows:
             where = f"{path}: line {reader.line_num}"
             if len(row) != 2 or not row[0] or not row[1]:
                 raise DataError(f"{where}: expected filename,label, got {row!r:.80}")
@@ -182,8 +184,7 @@ def _read_names(path: Path, count: int) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path} is missing (it ships in CIFAR-100's binary release, "
                         f"cifar-100-binary.tar.gz)")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-             if line.strip()]
+    names = [line.strip() for line in read_text(path).splitlines() if line.strip()]
     if len(names) != count:
         raise DataError(f"{path}: {len(names)} names, expected {count}")
     return names
@@ -291,7 +292,7 @@ def _read_table(path: Path, what: str) -> dict[str, str]:
     if not path.is_file():
         raise DataError(f"{path} is missing (CUB-200-2011's {path.name}: {what})")
     out = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split(maxsplit=1)

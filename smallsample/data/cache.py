@@ -19,6 +19,9 @@ seconds; a copy that does not keep modification times is decoded once more.
 
 Nothing here unpickles: arrays are read with ``allow_pickle=False`` and names are kept as JSON.
 An unreadable entry is rebuilt, never trusted; a read-only cache folder only costs speed.
+``meta.json`` carries a sha256 of its own record and an array's header is checked against it
+(memory-mapped, before any data is read), so a damaged record or header is rebuilt too; the
+pixels themselves are not hashed (that would read every byte of a set of tens of gigabytes).
 """
 
 from __future__ import annotations
@@ -78,16 +81,28 @@ def save_npz(path: Path, **arrays: np.ndarray) -> bool:
     return True
 
 
+def _record_sha256(shape: list, dtype: str, meta) -> str:
+    return hashlib.sha256(json.dumps([shape, dtype, meta], sort_keys=True).encode()).hexdigest()
+
+
 def _read_entry(folder: Path, mmap: bool | None, mmap_bytes: int):
     with open(folder / "meta.json", encoding="utf-8") as f:
-        meta = json.load(f)
+        record = json.load(f)
+    if not isinstance(record, dict) or record.get("sha256") != _record_sha256(
+            record.get("shape"), record.get("dtype"), record.get("meta")):
+        raise ValueError(f"{folder / 'meta.json'}: damaged (its sha256 does not match)")
     images = folder / "images.npy"
     big = images.stat().st_size > mmap_bytes
-    array = np.load(images, mmap_mode="r" if (big if mmap is None else mmap) else None,
-                    allow_pickle=False)
-    if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"]:
+    # memory-mapped first: the header is checked against the record (and the file's length
+    # against the header) before any data is read
+    array = np.load(images, mmap_mode="r", allow_pickle=False)
+    if list(array.shape) != record["shape"] or str(array.dtype) != record["dtype"]:
         raise ValueError(f"{images}: shape {array.shape} {array.dtype} is not the one recorded")
-    return array, meta["meta"]
+    if array.offset + array.nbytes != images.stat().st_size:  # bytes inserted or deleted
+        raise ValueError(f"{images}: {images.stat().st_size} bytes, not header + data")
+    if not (big if mmap is None else mmap):
+        array = np.array(array)
+    return array, record["meta"]
 
 
 def cached_array(name: str, shape: tuple[int, ...], dtype, fill: Callable[[np.ndarray], dict],
@@ -130,6 +145,7 @@ def cached_array(name: str, shape: tuple[int, ...], dtype, fill: Callable[[np.nd
         out.flush()
         del out
         record = {"shape": list(shape), "dtype": str(np.dtype(dtype)), "meta": meta}
+        record["sha256"] = _record_sha256(record["shape"], record["dtype"], meta)
         with open(tmp / "meta.json", "w", encoding="utf-8") as f:
             json.dump(record, f)
             f.flush()

@@ -42,6 +42,7 @@ import hashlib
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,7 +54,7 @@ from tqdm.auto import tqdm
 
 from smallsample.data.cache import cached_array, files_key
 from smallsample.data.files import DataError
-from smallsample.data.text import class_split
+from smallsample.data.text import class_split, read_json, read_text
 
 CACHE_VERSION = 1
 DEFAULT_FRACTIONS = (0.64, 0.16, 0.20)
@@ -340,26 +341,22 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path} is missing (a split file listing the classes of a part)")
     if path.suffix.lower() == ".json":
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: not valid JSON ({e})") from e
+        raw = read_json(path)
         if not isinstance(raw, list):
             raise DataError(f"{path}: expected a JSON list of class names")
         names = []
         for i, item in enumerate(raw):
             if isinstance(item, list) and item and all(isinstance(s, str) for s in item):
                 item = item[-1]
-            if not isinstance(item, str):
+            if not isinstance(item, str) or not item.strip():
                 raise DataError(f"{path}: item {i} is {item!r:.60}, not a class name")
             names.append(item)
     else:
-        names = [line.split("#", 1)[0].strip()
-                 for line in path.read_text(encoding="utf-8").splitlines()]
+        names = [line.split("#", 1)[0].strip() for line in read_text(path).splitlines()]
         names = [n for n in names if n]
     if not names:
         raise DataError(f"{path}: lists no classes")
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, count in Counter(names).items() if count > 1)
     if dup:
         raise DataError(f"{path}: class(es) listed twice: {', '.join(dup[:5])}")
     return names

@@ -19,6 +19,7 @@ import io
 import os
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,6 +34,7 @@ from smallsample.data.files import (
     download,
     sha256_file,
 )
+from smallsample.data.text import read_text
 
 UPSTREAM = "https://github.com/brendenlake/omniglot/raw/master/python/"
 # Upstream sha256 and size (the sets in ../shared/data are re-packed pixel-exact copies with other
@@ -132,16 +134,33 @@ def locate(name: str, root=None, *, download_missing: bool = True) -> Path:
     return download(url, path, sha256=sha, size=size)
 
 
+# What zipfile raises for a damaged archive besides BadZipFile: zlib.error (deflate stream),
+# RuntimeError (a member flagged encrypted), NotImplementedError (unknown compression method),
+# EOFError / OSError (short or unreadable), ValueError (bad sizes or offsets, a bad name).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, EOFError,
+               OSError, ValueError)
+
+
 def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
         z = zipfile.ZipFile(path)
         bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DataError(f"{path} is not a readable zip file ({e}); it may be truncated or "
-                        f"corrupt: replace it with the upstream file {UPSTREAM}{path.name}") from e
+    except _ZIP_ERRORS as e:
+        raise DataError(f"{path} is not a readable zip file ({type(e).__name__}: {e}); it may "
+                        f"be truncated or corrupt: replace it with the upstream file "
+                        f"{UPSTREAM}{path.name}") from e
     if bad is not None:
+        z.close()
         raise DataError(f"{path}: member {bad} fails its CRC check; the zip is corrupt")
     return z
+
+
+def _read_member(z: zipfile.ZipFile, path: Path, member: str) -> bytes:
+    try:
+        return z.read(member)
+    except _ZIP_ERRORS as e:
+        raise DataError(f"{path}:{member}: unreadable zip member ({type(e).__name__}: "
+                        f"{e})") from e
 
 
 def _decode(data: bytes, where: str, size: int) -> np.ndarray:
@@ -160,7 +179,12 @@ def _decode(data: bytes, where: str, size: int) -> np.ndarray:
 
 
 def _read_set(path: Path, expected: dict[str, int], size: int) -> ClassIndexed:
-    z = _open_zip(path)
+    with _open_zip(path) as z:
+        return _read_members(z, path, expected, size)
+
+
+def _read_members(z: zipfile.ZipFile, path: Path, expected: dict[str, int],
+                  size: int) -> ClassIndexed:
     groups: dict[tuple[str, str], list[str]] = {}
     for member in z.namelist():
         m = _PNG.match(member)
@@ -187,7 +211,8 @@ def _read_set(path: Path, expected: dict[str, int], size: int) -> ClassIndexed:
             raise DataError(f"{path}: {key[0]}/{key[1]} has {len(members)} drawings, expected "
                             f"{DRAWINGS}")
         for j, member in enumerate(members):
-            images[i, j, ..., 0] = _decode(z.read(member), f"{path}:{member}", size)
+            images[i, j, ..., 0] = _decode(_read_member(z, path, member), f"{path}:{member}",
+                                           size)
     return ClassIndexed(images, [f"{a}/{c}" for a, c in keys])
 
 
@@ -212,11 +237,20 @@ def load_set(which: str = "background", *, size: int = 28, root=None,
     digest = sha256_file(path)
     cached = cache_dir() / f"omniglot-{which}-{size}-v{CACHE_VERSION}-{digest[:16]}.npz"
     arrays = load_npz(cached)
-    if arrays is not None and {"images", "names"} <= set(arrays):
+    if arrays is not None and _cache_fits(arrays, (sum(expected.values()), DRAWINGS, size)):
         return ClassIndexed(arrays["images"], [str(n) for n in arrays["names"]])
     result = _read_set(path, expected, size)
     save_npz(cached, images=result.images, names=np.asarray(result.names))
     return result
+
+
+def _cache_fits(arrays: dict[str, np.ndarray], shape: tuple[int, int, int]) -> bool:
+    """Whether a cached entry holds what :func:`_read_set` gives (else it is rebuilt)."""
+    images, names = arrays.get("images"), arrays.get("names")
+    n, drawings, size = shape
+    return (images is not None and names is not None and images.dtype == np.uint8
+            and images.shape == (n, drawings, size, size, 1) and names.dtype.kind == "U"
+            and names.shape == (n,))
 
 
 def load_all(*, size: int = 28, root=None, download_missing: bool = True) -> ClassIndexed:
@@ -235,7 +269,7 @@ def read_vinyals_split(part: str, root=None) -> list[str]:
         raise DataError(f"{path} is missing: it ships with the prototypical networks code "
                         f"(github.com/jakesnell/prototypical-networks, data/omniglot/splits/"
                         f"vinyals/{part}.txt)")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 MAML_TRAIN_CHARACTERS = 1200

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from smallsample.data.files import DataError
-from smallsample.data.text import UNLABELLED, TextSet, encode_labels
+from smallsample.data.text import UNLABELLED, TextSet, csv_rows, encode_labels
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -45,7 +45,8 @@ def _rows_csv(path: Path, delimiter: str, columns: list[str], encoding: str):
     """Yields ``(where, values)`` for each data row: the values of ``columns``."""
     with open(path, encoding=encoding, newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader, None)
+        rows = csv_rows(path, reader, encoding)
+        header = next(rows, None)
         if not header or not any(h.strip() for h in header):
             raise DataError(f"{path}: no header row (the first line must name the columns)")
         header = [h.strip() for h in header]
@@ -55,7 +56,7 @@ def _rows_csv(path: Path, delimiter: str, columns: list[str], encoding: str):
                             f"{', '.join(map(repr, header))}")
         at = [header.index(c) for c in columns]
         row_number = 0
-        for row in reader:
+        for row in rows:
             if not row:  # a blank line
                 continue
             row_number += 1
@@ -74,8 +75,9 @@ def _rows_jsonl(path: Path, columns: list[str], encoding: str):
             where = f"{path}: line {n}"
             try:
                 item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not JSON ({e.msg}): {line.strip()!r:.80}") from e
+            except (ValueError, RecursionError) as e:  # also huge numbers, deep nesting
+                raise DataError(f"{where}: not JSON ({getattr(e, 'msg', e)}): "
+                                f"{line.strip()!r:.80}") from e
             if not isinstance(item, dict):
                 raise DataError(f"{where}: expected a JSON object, got {line.strip()!r:.80}")
             missing = [c for c in columns if c not in item]

@@ -82,11 +82,38 @@ def text_file(dataset: str, name: str, root: str | os.PathLike | None = None) ->
 
 
 def read_json(path: Path):
+    """The JSON value in ``path``; a ``DataError`` naming the file if it is not UTF-8 JSON (bad
+    syntax or bytes, a number of more than 4300 digits, nesting too deep to parse)."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from e
+
+
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The text of ``path``; a ``DataError`` naming the file if it is not ``encoding``."""
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not {encoding} text ({e})") from e
+
+
+def csv_rows(path: Path, reader, encoding: str = "utf-8"):
+    """The rows of ``reader`` (a ``csv.reader`` over ``path``), with a ``DataError`` naming the
+    file and line for a malformed row (a field over ``csv.field_size_limit()``...) or bytes that
+    are not ``encoding``."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from e
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not {encoding} text (after line {reader.line_num}: "
+                            f"{e})") from e
+        yield row
 
 
 def sorted_names(values) -> list[str]:
@@ -140,6 +167,9 @@ def load_clinc150(*, root: str | os.PathLike | None = None) -> dict[str, TextSet
     for split in CLINC150_SPLITS:
         if split not in raw:
             raise DataError(f"{path}: no key {split!r} (expected {CLINC150_SPLITS})")
+        if not isinstance(raw[split], list):
+            raise DataError(f"{path}: {split!r} is {raw[split]!r:.60}, not a list of "
+                            f"[text, intent]")
         texts, intents = [], []
         for row, item in enumerate(raw[split]):
             if (not isinstance(item, list) or len(item) != 2
@@ -181,10 +211,12 @@ def load_banking77(*, root: str | os.PathLike | None = None) -> dict[str, TextSe
         texts, labels = [], []
         with open(path, encoding="utf-8", newline="") as f:
             reader = csv.reader(f)
-            header = next(reader, None)
+            rows = csv_rows(path, reader)
+            header = next(rows, None)
             if header != ["text", "category"]:
-                raise DataError(f"{path}: header is {header!r}, expected ['text', 'category']")
-            for row in reader:
+                raise DataError(f"{path}: header is {header!r:.80}, expected "
+                                f"['text', 'category']")
+            for row in rows:
                 where = f"{path}: row {len(texts) + 1} (line {reader.line_num})"
                 if len(row) != 2:
                     raise DataError(f"{where}: expected 2 fields text,category, got "

@@ -181,9 +181,13 @@ def read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     """The cached embeddings at ``path`` if it holds a float32 array of ``shape``; ``None``
     (after a warning) if the file is unreadable, corrupt, pickled or of another shape, so the
     caller rebuilds it."""
+    # Memory-mapped first, so that the header's shape and dtype are checked (and the file's
+    # length against them) before anything is read: a damaged header declaring terabytes is
+    # rejected, never allocated.
     try:
-        cached = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+        cached = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 -- a damaged header raises OSError, ValueError,
+        # EOFError, SyntaxError, tokenize.TokenError...: all mean "rebuild it"
         warnings.warn(f"{path}: unreadable embedding cache ({type(e).__name__}: {e}); "
                       "recomputing and rewriting it", RuntimeWarning, stacklevel=3)
         return None
@@ -197,7 +201,12 @@ def read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
                       f"float32 {shape}; recomputing and rewriting it", RuntimeWarning,
                       stacklevel=3)
         return None
-    return cached
+    if cached.offset + cached.nbytes != path.stat().st_size:
+        warnings.warn(f"{path}: embedding cache is {path.stat().st_size} bytes, not its header "
+                      "and data (bytes inserted or cut); recomputing and rewriting it",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return np.array(cached)  # read into memory; the map is closed with the last reference
 
 
 def encode(texts: Sequence[str], *, encoder: SentenceEncoder | None = None, batch_size: int = 64,
