@@ -123,14 +123,23 @@ class Config:
 
     @classmethod
     def from_json(cls, text: str) -> Config:
-        values = json.loads(text)
+        """The config saved by :meth:`to_json`; a ``ValueError`` naming the field (or saying the
+        text is not a JSON object) for anything else."""
+        try:
+            values = json.loads(text)
+        except (ValueError, RecursionError) as e:  # also huge numbers, deep nesting
+            raise ValueError(f"config is not valid JSON ({type(e).__name__}: {e})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"config JSON must be an object, got {type(values).__name__}")
         # saved before the field existed: Conv-4 then always had conv biases, and so do the
         # run's checkpoints
         values.setdefault("conv_bias", True)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        for name, value in values.items():
+            values[name] = _json_value(fields[name].type, value, name)
         return cls(**values)
 
 
@@ -231,6 +240,22 @@ PRESETS: dict[str, dict] = {
                                    ways=5, shots=5, train_ways=20, train_queries=15,
                                    steps=20000, lr_decay_every=2000),
 }
+
+
+def _json_value(field_type, value, name: str):
+    """``value`` read from JSON for a setting of ``field_type``; a ``ValueError`` naming the
+    setting if it is not of that type (an int is taken for a float)."""
+    kind = field_type if isinstance(field_type, str) else getattr(field_type, "__name__", "")
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"config field {name}: a number too large for a float") from None
+    expected = {"int": int, "float": float, "bool": bool, "str": str}.get(kind)
+    if expected is not None and (not isinstance(value, expected)
+                                 or (expected is not bool and isinstance(value, bool))):
+        raise ValueError(f"config field {name}={value!r:.60}: expected a {kind}")
+    return value
 
 
 def _parse_value(field_type, text: str, name: str):
