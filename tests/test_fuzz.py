@@ -83,12 +83,15 @@ def call(fn, *args, allowed=(DataError,), names=(), **kwargs):
 
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
-    """HOME, XDG_CACHE_HOME, SMALLSAMPLE_CACHE, SMALLSAMPLE_DATA and the working directory all
-    inside ``tmp_path``; afterwards home and working directory must still be empty (nothing was
-    written to a default location or relative to the working directory)."""
-    home, cwd = tmp_path / "home", tmp_path / "cwd"
-    for d in (home, cwd, tmp_path / "cache", tmp_path / "data"):
+    """HOME, XDG_CACHE_HOME, TMPDIR, SMALLSAMPLE_CACHE, SMALLSAMPLE_DATA and the working
+    directory all inside ``tmp_path``; afterwards home, temporary folder and working directory
+    must still be empty (nothing was written to a default location, left in the temporary
+    folder, or written relative to the working directory)."""
+    home, cwd, tmp = tmp_path / "home", tmp_path / "cwd", tmp_path / "tmp"
+    for d in (home, cwd, tmp, tmp_path / "cache", tmp_path / "data"):
         d.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
     monkeypatch.setenv("SMALLSAMPLE_CACHE", str(tmp_path / "cache"))
@@ -97,6 +100,7 @@ def sandbox(tmp_path, monkeypatch):
     yield tmp_path
     assert listing(home) == [], "written to the default (home) cache"
     assert listing(cwd) == [], "written to the working directory"
+    assert listing(tmp) == [], "temporary files left in the system's temporary folder"
     leftovers = [p for p in listing(tmp_path / "cache") if p.endswith(".part")
                  or "/.part" in p or ".part/" in p]
     assert leftovers == [], f"temporary files left in the cache: {leftovers}"
@@ -114,10 +118,13 @@ def write(path: Path, data: bytes) -> Path:
 
 
 def unchanged(folder: Path, fn, *args, **kwargs):
-    """:func:`call`, checking that ``folder`` (the input's) holds the same files afterwards."""
-    before = listing(folder)
+    """:func:`call`, checking that ``folder`` (the input's) and the cache folder hold the same
+    files afterwards (a reader without a cache writes nothing)."""
+    cache_folder = Path(os.environ["SMALLSAMPLE_CACHE"])
+    before = listing(folder), listing(cache_folder)
     out = call(fn, *args, **kwargs)
-    assert listing(folder) == before, f"{fn.__name__} wrote next to its input in {folder}"
+    assert listing(folder) == before[0], f"{fn.__name__} wrote next to its input in {folder}"
+    assert listing(cache_folder) == before[1], f"{fn.__name__} wrote to the cache"
     return out
 
 
@@ -559,6 +566,23 @@ def test_mini_imagenet_split_csv(sandbox, data):
         assert len(files) == len(set(files)) and all(files) and all(out)
 
 
+@FEW
+@given(data=table_bytes(MINI))
+def test_mini_imagenet_images_and_csv(sandbox, data):
+    """The loader end to end on Ravi & Larochelle's layout: the images its CSV names are
+    decoded (and cached in SMALLSAMPLE_CACHE), nothing is written beside them."""
+    folder = fresh(sandbox)
+    for name, _ in MINI[1:]:
+        write(folder / "images" / name, IMAGES["jpg"])
+    write(folder / "train.csv", data)
+    before = listing(folder)
+    out = call(benchmarks.load_mini_imagenet, "train", path=folder, size=4, progress=False,
+               workers=1, names=[folder])
+    assert listing(folder) == before
+    if not isinstance(out, Exception):
+        assert out.images.shape[2:] == (4, 4, 3) and out.images.dtype == np.uint8
+
+
 CLASS_LIST = [["aquatic_mammals", "beaver"], ["fish", "trout"], ["flowers", "rose"]]
 
 
@@ -599,6 +623,7 @@ IMAGES = {"png": _image("PNG", "RGBA"), "jpg": _image("JPEG", "RGB"),
           "tiff": _image("TIFF", "RGB")}
 
 
+@pytest.mark.filterwarnings("ignore:Tag data larger than file:UserWarning")  # Pillow's TIFF
 @FUZZ
 @given(ext=st.sampled_from(sorted(IMAGES)), channels=st.sampled_from([1, 3]), data=st.data())
 def test_decode_image(sandbox, ext, channels, data):
@@ -624,6 +649,50 @@ def test_decode_image_bomb(sandbox):
            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
     path = write(fresh(sandbox) / "bomb.png", raw)
     assert isinstance(call(images.decode_image, path, size=4, names=[path]), DataError)
+
+
+CIFAR_FILES = {
+    "train.bin": bytes([3, 30] + [7] * 3072 + [19, 99] + [8] * 3072),
+    "test.bin": bytes([0, 0] + [9] * 3072),
+    "fine_label_names.txt": "".join(f"fine{i}\n" for i in range(100)).encode(),
+    "coarse_label_names.txt": "".join(f"coarse{i}\n" for i in range(20)).encode(),
+}
+
+
+@FUZZ
+@given(which=st.sampled_from(sorted(CIFAR_FILES)), data=st.data())
+def test_cifar100_binary_release(sandbox, which, data):
+    folder = fresh(sandbox)
+    for name, raw in CIFAR_FILES.items():
+        write(folder / name, raw)
+    path = write(folder / which, data.draw(corrupt(CIFAR_FILES[which]), label=which))
+    out = unchanged(folder, benchmarks.read_cifar100, folder, names=[path])
+    if not isinstance(out, Exception):
+        n = len(out["images"])
+        assert out["images"].shape == (n, 32, 32, 3) and out["fine"].shape == (n,)
+        assert (out["fine"] < 100).all() and (out["coarse"] < 20).all()
+
+
+CUB_FILES = {
+    "classes.txt": b"1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n",
+    "images.txt": b"1 001.Black_footed_Albatross/a.jpg\n2 002.Laysan_Albatross/b.jpg\n",
+    "image_class_labels.txt": b"1 1\n2 2\n",
+}
+
+
+@FUZZ
+@given(which=st.sampled_from(sorted(CUB_FILES)), data=st.data())
+def test_cub_lists(sandbox, which, data):
+    folder = fresh(sandbox)
+    for name, raw in CUB_FILES.items():
+        write(folder / name, raw)
+    for rel in ("001.Black_footed_Albatross/a.jpg", "002.Laysan_Albatross/b.jpg"):
+        write(folder / "images" / rel, IMAGES["jpg"])
+    write(folder / which, data.draw(corrupt(CUB_FILES[which]), label=which))
+    out = unchanged(folder, benchmarks.read_cub, folder, names=[folder])
+    if not isinstance(out, Exception):
+        assert all(f.is_file() and folder / "images" in f.parents
+                   for files in out.values() for f in files)
 
 
 # --- caches ------------------------------------------------------------------------------------
@@ -753,3 +822,30 @@ def test_make_config_overrides(sandbox, items):
     if isinstance(out, Exception):
         return
     call(out.check, allowed=(ValueError,), names=FIELDS)
+
+
+# --- a folder where a file should be ------------------------------------------------------------
+
+READERS = {
+    "vinyals": ("omniglot/splits/vinyals/val.txt",
+                lambda root, path: omniglot.read_vinyals_split("val", root)),
+    "omniglot zip": ("omniglot/images_background.zip",
+                     lambda root, path: omniglot.load_set("background", root=root,
+                                                          download_missing=False)),
+    "clinc150": ("text/clinc150/data_full.json", lambda root, path: text.load_clinc150(root=root)),
+    "banking77": ("text/banking77/categories.json",
+                  lambda root, path: text.load_banking77(root=root)),
+    "read_texts": ("texts.csv", lambda root, path: tables.read_texts(path)),
+    "mini-imagenet csv": ("train.csv", lambda root, path: benchmarks.read_mini_imagenet_csv(path)),
+    "class list": ("train.json", lambda root, path: images.read_class_list(path)),
+    "image": ("image.png", lambda root, path: images.decode_image(path, size=4)),
+}
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_a_folder_where_a_file_should_be(sandbox, reader):
+    name, read = READERS[reader]
+    root = fresh(sandbox)
+    (root / name).mkdir(parents=True)
+    out = unchanged(root, read, root, root / name, names=[root / name])
+    assert isinstance(out, DataError)

@@ -64,6 +64,15 @@ CIFAR_RECORD = 3074
 CIFAR_SIZE = 32
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()`` for a name read from a list file: ``False`` where the system refuses
+    the name (too long...)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _check_part(part: str) -> None:
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
@@ -146,7 +155,7 @@ def load_mini_imagenet(part: str, *, path: str | os.PathLike | None = None, root
         for label, names in read_mini_imagenet_csv(csv_path).items():
             files = [images / n for n in names]
             for n, f in zip(names, files, strict=True):
-                if not f.is_file():
+                if not _is_file(f):
                     raise DataError(f"{f} is missing (named in {csv_path}, class {label}, "
                                     f"file {n})")
             classes[label] = files
@@ -325,7 +334,7 @@ def read_cub(path: str | os.PathLike) -> dict[str, list[Path]]:
             raise DataError(f"{path / 'image_class_labels.txt'}: image {image_id} has class id "
                             f"{labels[image_id]}, not in {path / 'classes.txt'}")
         f = path / "images" / rel
-        if not f.is_file():
+        if not _is_file(f):
             raise DataError(f"{f} is missing (listed in {path / 'images.txt'})")
         out[classes[labels[image_id]]].append(f)
     return out

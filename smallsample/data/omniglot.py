@@ -124,8 +124,10 @@ class ClassIndexed(NamedTuple):
 def locate(name: str, root=None, *, download_missing: bool = True) -> Path:
     """Path of the upstream file ``name`` under ``<root>/omniglot/``, downloading it if missing."""
     path = data_root(root) / "omniglot" / name
-    if path.exists():
+    if path.is_file():
         return path
+    if path.exists():
+        raise DataError(f"{path} is not a file: put the upstream file {UPSTREAM}{name} there")
     if not download_missing:
         raise DataError(f"{path} is missing. Place the upstream file {UPSTREAM}{name} there, "
                         f"or set SMALLSAMPLE_DATA to a folder holding omniglot/{name}.")
@@ -265,7 +267,7 @@ def read_vinyals_split(part: str, root=None) -> list[str]:
     if part not in ("train", "val", "test", "trainval"):
         raise ValueError(f"unknown Vinyals split part {part!r}")
     path = data_root(root) / "omniglot" / "splits" / "vinyals" / f"{part}.txt"
-    if not path.exists():
+    if not path.is_file():
         raise DataError(f"{path} is missing: it ships with the prototypical networks code "
                         f"(github.com/jakesnell/prototypical-networks, data/omniglot/splits/"
                         f"vinyals/{part}.txt)")
