@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -49,8 +50,8 @@ def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-def call(fn, *args, allowed=(DataError,), names=(), **kwargs):
-    """``fn(*args, **kwargs)`` in a thread joined after :data:`HANG_SECONDS`.
+def call(fn, *args, allowed=(DataError,), names=(), timeout=HANG_SECONDS, **kwargs):
+    """``fn(*args, **kwargs)`` in a thread joined after ``timeout`` seconds.
 
     Returns the result, or the exception if its type is exactly one of ``allowed`` (so a
     ``json.JSONDecodeError`` or ``UnicodeDecodeError``, both ``ValueError`` subclasses, do not
@@ -66,9 +67,9 @@ def call(fn, *args, allowed=(DataError,), names=(), **kwargs):
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    thread.join(HANG_SECONDS)
+    thread.join(timeout)
     if thread.is_alive():
-        pytest.fail(f"{fn.__name__} hung: still running after {HANG_SECONDS} s")
+        pytest.fail(f"{fn.__name__} hung: still running after {timeout} s")
     error = box.get("error")
     if error is None:
         return box["value"]
@@ -79,6 +80,19 @@ def call(fn, *args, allowed=(DataError,), names=(), **kwargs):
         raise AssertionError(f"{fn.__name__}: {type(error).__name__} names none of "
                              f"{[str(n) for n in names]}: {message}") from error
     return error
+
+
+def test_the_harness_reports_hangs_leaks_and_vague_messages():
+    with pytest.raises(pytest.fail.Exception, match="sleep hung"):
+        call(time.sleep, 2, timeout=0.1)
+    with pytest.raises(AssertionError, match="leaked KeyError"):
+        call({}.__getitem__, "key")
+    with pytest.raises(AssertionError, match="leaked JSONDecodeError"):
+        call(json.loads, "{", allowed=(ValueError,))
+    with pytest.raises(AssertionError, match="names none of"):
+        call(int, "x", allowed=(ValueError,), names=["file.csv"])
+    assert isinstance(call(int, "x", allowed=(ValueError,), names=["'x'"]), ValueError)
+    assert call(int, "7") == 7
 
 
 @pytest.fixture
