@@ -62,6 +62,7 @@ class Config:
     test_episodes: int = 600
     log_every: int = 50
     checkpoint_every: int = 500
+    keep_checkpoints: int = 3         # the latest checkpoints kept (a corrupt one falls back)
     seed: int = 0
     eval_seed: int = 1234
     notes: str = field(default="", compare=False)
@@ -90,7 +91,7 @@ class Config:
         calls this); returns the config."""
         positive = ("ways", "shots", "queries", "train_queries", "meta_batch", "pretrain_batch",
                     "image_size", "width", "inner_steps", "steps", "steps_per_call",
-                    "eval_every", "log_every", "checkpoint_every")
+                    "eval_every", "log_every", "checkpoint_every", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -153,8 +154,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 #: Settings that may change when a run is resumed: they change how long it runs, what it logs
 #: and evaluates, or how its step is laid out on the hardware, not the training trajectory.
-RESUMABLE = frozenset({"steps", "log_every", "eval_every", "checkpoint_every", "val_episodes",
-                       "test_episodes", "steps_per_call", "devices", "chunks", "notes"})
+RESUMABLE = frozenset({"steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+                       "val_episodes", "test_episodes", "steps_per_call", "devices", "chunks",
+                       "notes"})
 
 
 def resume_config(saved: Config, requested: Config) -> Config:

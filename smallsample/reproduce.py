@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from smallsample.config import make_config
 from smallsample.evaluate import evaluate
 from smallsample.registry import build_learner, load_data
-from smallsample.train import load_params, train_and_evaluate
+from smallsample.train import load_params, run_checkpoint, train_and_evaluate
+from smallsample.train.checkpoint import has_checkpoint
 
 # table -> list of (training preset, [(ways, shots, paper accuracy %), ...])
 TABLES = {
@@ -70,11 +71,10 @@ def run_table(table: str, *, overrides: tuple[str, ...] = (), root=None, runs="r
         data = load_data(config, root=root)
         run_dir = Path(runs) / table / preset
         t0 = time.time()
-        resume = (run_dir / "checkpoint.msgpack").exists()
+        resume = has_checkpoint(run_dir)
         result = train_and_evaluate(config, run_dir, resume=resume, progress=progress, data=data)
         seconds = time.time() - t0
-        which = "best.msgpack" if (run_dir / "best.msgpack").exists() else "checkpoint.msgpack"
-        params = load_params(run_dir / which)
+        params = load_params(run_checkpoint(run_dir)[0])
         for ways, shots, paper in evals:
             learner = build_learner(config, ways=ways, test=True)
             res = evaluate(learner, params, jnp.asarray(data["test"]), ways=ways, shots=shots,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from smallsample import bench
+from smallsample.bench.suite import _first
 from smallsample.models.layers import default_conv_impl
 from smallsample.registry import build_learner
 from smallsample.train import default_chunks
@@ -73,7 +74,7 @@ def test_matmul_peak_counts_the_published_flops():
     # 2 n^3 FLOP (n^3 multiply-adds), the count XLA's cost analysis gives the same product, so
     # the peak and the steps' achieved FLOP/s are counted alike
     a = jnp.zeros((n, n), jnp.float32)
-    cost = bench._first(jax.jit(jnp.matmul).lower(a, a).compile().cost_analysis())
+    cost = _first(jax.jit(jnp.matmul).lower(a, a).compile().cost_analysis())
     assert cost["flops"] == 2 * n**3
     np.testing.assert_allclose(mm["matmul_gflop_per_s"],
                                2 * n**3 / 1e9 / (mm["matmul_ms_median"] / 1e3), rtol=1e-12)

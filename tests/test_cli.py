@@ -143,9 +143,10 @@ def test_process_settings_are_announced_and_each_can_be_turned_off(tmp_path, dat
         assert "one per core [SMALLSAMPLE_CPU_DEVICES=off]" in lines[0]
     proc = _command(args, {**env, "SMALLSAMPLE_CPU_DEVICES": "off"}, tmp_path)
     assert "CPU device" not in proc.stderr and "compile cache" in proc.stderr
-    proc = _command(args, {**env, "SMALLSAMPLE_RUNTIME": "off"}, tmp_path)
+    proc = _command(args, {"SMALLSAMPLE_COMPILE_CACHE": str(tmp_path / "off"),
+                           "SMALLSAMPLE_RUNTIME": "off"}, tmp_path)
     assert "smallsample: " not in proc.stderr
-    assert not (tmp_path / "c").exists()
+    assert not (tmp_path / "off").exists()
 
 
 def test_compile_cache_dir_default_and_off(monkeypatch, tmp_path):

@@ -127,6 +127,10 @@ def test_checkpoint_round_trip_and_failed_write_keeps_the_old_file(tmp_path):
     assert path.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.msgpack"]
     path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="checkpoint .*checkpoint.msgpack is corrupt: its "
+                                         "content does not match its checksum"):
+        load_checkpoint(path, state)
+    path.write_bytes(b"\x93\x01")  # a format-1 (bare msgpack) file that is not a state
     with pytest.raises(ValueError, match="checkpoint .*checkpoint.msgpack cannot be read"):
         load_checkpoint(path, state)
 

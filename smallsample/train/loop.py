@@ -38,9 +38,12 @@ from smallsample.registry import (
 )
 from smallsample.train.checkpoint import (
     BEST,
-    LATEST,
+    has_checkpoint,
+    latest_checkpoint,
     load_checkpoint,
+    run_lock,
     save_checkpoint,
+    save_run_checkpoint,
 )
 from smallsample.train.step import (
     TrainState,
@@ -96,7 +99,7 @@ def _write_json(path: Path, obj) -> None:
 def open_run(config: Config, run_dir: Path, *, resume: bool, log=print) -> Config:
     """Checks ``config`` and the run folder before anything is written, and returns the config
     the run goes on with (on resume: the saved one with the settings that may change,
-    :func:`smallsample.config.resume_config`)."""
+    :func:`smallsample.config.resume_config`). A new run's ``config.json`` is written here."""
     config_path = run_dir / "config.json"
     if resume:
         if not config_path.exists():
@@ -108,11 +111,12 @@ def open_run(config: Config, run_dir: Path, *, resume: bool, log=print) -> Confi
                 f"{k}={getattr(resumed, k)}" for k in sorted(json.loads(resumed.to_json()))
                 if getattr(resumed, k) != getattr(saved, k)))
         config = resumed
-    elif (run_dir / LATEST).exists():
+    elif has_checkpoint(run_dir):
         raise FileExistsError(f"{run_dir} already holds a run; use --resume or another folder")
     validate(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(config_path, json.loads(config.to_json()))
+    if not resume:  # a resumed run's config is written once its checkpoint has loaded
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(config_path, json.loads(config.to_json()))
     return config
 
 
@@ -160,28 +164,43 @@ def build_trainer(config: Config, train_x: jax.Array, log=print) -> Trainer:
     return Trainer(jax.jit(step, donate_argnums=0), state, mesh, tasks)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drops metric lines past ``step`` (written after the checkpoint a run resumes from)."""
+def read_metrics(path: Path, log=print) -> list[dict]:
+    """The records of ``metrics.jsonl``. A last line cut short (by a kill mid-write) is dropped
+    with a message; a bad line anywhere else is a ``ValueError`` naming the file and line."""
     if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if i == len(lines) - 1:
+                log(f"{path}: dropping its last line, cut short by an interrupted run "
+                    f"({line[:40]!r})")
+                continue
+            raise ValueError(f"{path}, line {i + 1}: not a metrics record ({e})") from e
+        records.append(rec)
+    return records
 
 
-def restore(run_dir: Path, state: TrainState, log=print) -> tuple[TrainState, float]:
-    """The latest checkpoint loaded into ``state``'s structure, the metrics cut back to its step,
-    and the best validation accuracy so far (-1 if none). The state is loaded first, so a
-    checkpoint that does not fit leaves the metrics as they were."""
-    state = load_checkpoint(run_dir / LATEST, state)
-    metrics_path = run_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, int(state.step))
-    best = -1.0
-    for line in metrics_path.read_text().splitlines() if metrics_path.exists() else []:
-        rec = json.loads(line)
-        if "val_accuracy" in rec:
-            best = max(best, rec["val_accuracy"])
-    log(f"resumed {run_dir} at step {int(state.step)}")
+def restore(run_dir: Path, state: TrainState, config: Config,
+            log=print) -> tuple[TrainState, float]:
+    """The newest readable checkpoint loaded into ``state``'s structure (made by this
+    configuration, or an error), the metrics cut back to its step, and the best validation
+    accuracy so far (-1 if none). The state is loaded first, so a checkpoint that does not fit
+    leaves the metrics as they were."""
+    state = latest_checkpoint(run_dir, state, config=config, warn=log)
+    path = run_dir / "metrics.jsonl"
+    step = int(state.step)
+    records = [r for r in read_metrics(path, log) if r.get("step", 0) <= step]
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+    best = max((r["val_accuracy"] for r in records if "val_accuracy" in r), default=-1.0)
+    log(f"resumed {run_dir} at step {step}")
     return state, best
 
 
@@ -236,13 +255,22 @@ def train_and_evaluate(config: Config, run_dir: str | Path, *, resume: bool = Fa
     (:data:`smallsample.config.RESUMABLE`; any other difference is refused). ``data``: the
     class-indexed ``train`` / ``val`` / ``test`` arrays (default :func:`load_data`)."""
     run_dir = Path(run_dir)
+    if not resume:
+        validate(config)  # before the folder is made
+    with run_lock(run_dir):
+        return _train_and_evaluate(config, run_dir, resume, progress, data, log)
+
+
+def _train_and_evaluate(config: Config, run_dir: Path, resume: bool, progress: bool, data,
+                        log) -> RunResult:
     config = open_run(config, run_dir, resume=resume, log=log)
     data = data if data is not None else load_data(config)
     train_x = jnp.asarray(data["train"])
     trainer = build_trainer(config, train_x, log=log)
     state, best_val = trainer.state, -1.0
     if resume:
-        state, best_val = restore(run_dir, state, log=log)
+        state, best_val = restore(run_dir, state, config, log=log)
+        _write_json(run_dir / "config.json", json.loads(config.to_json()))
     if trainer.mesh is not None:  # replicated on every device; evaluation runs on the first
         state, train_x = jax.device_put((state, train_x), replicated(trainer.mesh))
     eval_learner = build_learner(config, ways=config.ways, test=True)
@@ -276,13 +304,14 @@ def train_and_evaluate(config: Config, run_dir: str | Path, *, resume: bool = Fa
                 metrics.write({"step": step, "val_accuracy": val.mean, "val_ci95": val.ci95})
                 if val.mean > best_val:
                     best_val = val.mean
-                    save_checkpoint(run_dir / BEST, state)
+                    save_checkpoint(run_dir / BEST, state, config=config)
                 if bar is not None:
                     bar.set_postfix_str(f"val {100 * val.mean:.1f}%", refresh=False)
             if step % config.checkpoint_every == 0 or last:
                 metrics.flush()  # checks finiteness: a non-finite state is never saved
                 f.flush()
-                save_checkpoint(run_dir / LATEST, state)
+                save_run_checkpoint(run_dir, state, config=config,
+                                    keep=config.keep_checkpoints)
         metrics.flush()
     if bar is not None:
         bar.close()
@@ -296,7 +325,8 @@ def _test(config: Config, run_dir: Path, state: TrainState, learner: Learner, ev
           log) -> Result | None:
     if "test" not in data or not config.test_episodes:
         return None
-    final = load_checkpoint(run_dir / BEST, state) if (run_dir / BEST).exists() else state
+    final = (load_checkpoint(run_dir / BEST, state, config=config) if (run_dir / BEST).exists()
+             else state)
     test = _evaluate(config, learner, eval_fn, final.params, data["test"], config.test_episodes)
     log(f"test {config.ways}-way {config.shots}-shot: {test}")
     np.save(run_dir / "test_accuracies.npy", test.accuracies)
