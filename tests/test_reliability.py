@@ -262,3 +262,103 @@ def test_the_command_line_gives_one_line_errors_not_tracebacks(tmp_path, capsys)
     (run / "checkpoint.msgpack").write_bytes(flax.serialization.msgpack_serialize(raw))
     assert main(["eval", str(run), "--episodes", "4"]) == 2
     assert "holds non-finite parameters" in capsys.readouterr().err
+
+
+WRITER = """
+import sys
+from pathlib import Path
+import jax.numpy as jnp
+from smallsample.config import make_config
+from smallsample.train.checkpoint import save_run_checkpoint
+from smallsample.train.step import TrainState
+run, config = Path(sys.argv[1]), make_config(None, ["width=4"])
+run.mkdir(exist_ok=True)
+print("ready", flush=True)
+step = 1
+while True:  # checkpoints as fast as they can be written, until killed
+    state = TrainState(jnp.full((), step, jnp.int32), {"w": jnp.full(50_000, float(step))}, (),
+                       jnp.zeros(2, jnp.uint32))
+    save_run_checkpoint(run, state, config=config, keep=2)
+    step += 1
+"""
+
+
+def test_a_kill_during_checkpoint_writes_always_leaves_a_whole_checkpoint(tmp_path):
+    """SIGKILL at random moments of a process that does nothing but write checkpoints: each
+    time, the newest checkpoint that reads is complete and consistent (its parameters are its
+    step), and nothing half-written is ever taken for a checkpoint."""
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from smallsample.train.checkpoint import latest_checkpoint  # noqa: PLC0415
+    from smallsample.train.step import TrainState  # noqa: PLC0415
+
+    template = TrainState(jnp.zeros((), jnp.int32), {"w": jnp.zeros(50_000)}, (),
+                          jnp.zeros(2, jnp.uint32))
+    config = make_config(None, ["width=4"])
+    rng = np.random.default_rng(0)
+    last = 0
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "run")],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.3, 1.0)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        warnings = []
+        state = latest_checkpoint(tmp_path / "run", template, config=config,
+                                  warn=warnings.append)
+        step = int(state.step)
+        assert step >= 1
+        np.testing.assert_array_equal(np.asarray(state.params["w"]), float(step))
+        last = max(last, step)
+    assert last > 1  # the writer did get through several checkpoints
+
+
+def test_corrupted_checkpoint_files_give_only_checkpoint_errors(tmp_path):
+    """Random damage to a checkpoint file (truncation, flipped, inserted or deleted bytes, a
+    damaged header): reading it raises CheckpointError naming the file, or gives back exactly
+    the state that was saved; never another exception."""
+    import jax.numpy as jnp  # noqa: PLC0415
+    from hypothesis import HealthCheck, given, settings  # noqa: PLC0415
+    from hypothesis import strategies as st  # noqa: PLC0415
+
+    from smallsample.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: PLC0415
+    from smallsample.train.step import TrainState  # noqa: PLC0415
+
+    state = TrainState(jnp.full((), 7, jnp.int32), {"w": jnp.arange(6.0)}, (),
+                       jnp.zeros(2, jnp.uint32))
+    config = make_config(None, ["width=4"])
+    good_path = tmp_path / "good.msgpack"
+    save_checkpoint(good_path, state, config=config)
+    good = good_path.read_bytes()
+    bad_path = tmp_path / "bad.msgpack"
+
+    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def check(data):
+        blob = bytearray(good)
+        for _ in range(data.draw(st.integers(1, 3))):
+            kind = data.draw(st.sampled_from(["cut", "flip", "insert", "delete", "header"]))
+            i = data.draw(st.integers(0, max(0, len(blob) - 1)))
+            if kind == "cut":
+                del blob[i:]
+            elif kind == "flip" and blob:
+                blob[i] ^= data.draw(st.integers(1, 255))
+            elif kind == "insert":
+                blob[i:i] = data.draw(st.binary(min_size=1, max_size=8))
+            elif kind == "delete" and blob:
+                del blob[i:i + data.draw(st.integers(1, 8))]
+            else:
+                end = blob.find(b"\n", 23)
+                blob[23:end if end > 0 else 23] = data.draw(st.binary(max_size=40))
+        bad_path.write_bytes(bytes(blob))
+        try:
+            out = load_checkpoint(bad_path, state, config=config)
+        except CheckpointError as e:
+            assert str(bad_path) in str(e)
+            return
+        np.testing.assert_array_equal(np.asarray(out.params["w"]), np.arange(6.0))
+        assert int(out.step) == 7
+
+    check()

@@ -108,8 +108,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict, bytes]:
         return {"format": 1}, data
     line_end = data.find(b"\n", len(MAGIC))
     try:
+        if line_end < 0:
+            raise ValueError("no end of line")
         header = json.loads(data[len(MAGIC):line_end])
-    except ValueError as e:
+        if not isinstance(header, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, RecursionError) as e:
         raise CheckpointError(f"checkpoint {path} has a corrupt header: {e}") from e
     payload = data[line_end + 1:]
     if header.get("format") != FORMAT:
@@ -127,6 +131,9 @@ def check_config(header: dict, config: Config, path: Path) -> None:
     saved = header.get("config")
     if saved is None:
         return
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} has a corrupt header: its config is not an "
+                              f"object")
     mine = json.loads(config.to_json())
     differ = sorted(k for k in set(saved) | set(mine)
                     if k not in RESUMABLE and saved.get(k) != mine.get(k))
