@@ -21,6 +21,18 @@ DATA = Path(os.environ.get("SMALLSAMPLE_DATA", SHARED))
 def pytest_configure(config):
     if (DATA / "omniglot").exists():
         os.environ.setdefault("SMALLSAMPLE_DATA", str(DATA))
+    # Programs compiled again by later tests (the same small training step in several tests)
+    # load from JAX's persistent cache, in a folder of this session's own: a test-suite setting,
+    # as the command line's compile cache is the command's (the library sets nothing).
+    import tempfile  # noqa: PLC0415
+
+    import jax  # noqa: PLC0415
+
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        cache = os.environ.setdefault("SMALLSAMPLE_TEST_JIT_CACHE",
+                                      tempfile.mkdtemp(prefix="smallsample-tests-jit-"))
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     config.addinivalue_line("markers", "onednn: needs oneDNN's convolution built "
                             "(pip install '.[onednn]' && smallsample onednn build)")
 

@@ -94,7 +94,7 @@ def test_parse_pipeline_equals_the_hand_written_chain_under_jit_and_vmap():
     ("rotate(15)", r"options must be named, as in rotate\(max_degrees=15.0"),
     ("rotate(max_deg=3)", r"rotate has no option 'max_deg'; valid: rotate\(max_degrees"),
     ("noise(std=x)", r"noise\(std=...\) must be a literal, got 'x'"),
-    ("rotate(probability=2)", r"probability must be in \[0.0, 1.0\], got 2"),
+    ("rotate(probability=2)", r"probability must be a finite number in \[0.0, 1.0\], got 2"),
     ("scale(min_scale=2, max_scale=1)", r"min_scale=2 is more than max_scale=1"),
     ("flip_lr flip_ud", r"cannot parse"),
     ("flip_lr.x", r"is not `name` or `name\(option=value\)`"),

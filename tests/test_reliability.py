@@ -77,12 +77,16 @@ def jax_leaves(tree):
 
 
 def test_a_checkpoint_of_another_configuration_is_refused_before_anything_changes(tmp_path):
-    maml = TINY.replace(learner="maml", backbone="conv4-stride", steps=2)
-    train_and_evaluate(maml, tmp_path / "maml", **QUIET)
+    """A checkpoint written by a MAML run (its header says so; the payload is checksummed
+    apart) dropped into a prototypical-network run folder."""
+    from smallsample.train.checkpoint import MAGIC  # noqa: PLC0415
+
     run = tmp_path / "protonet"
     train_and_evaluate(TINY.replace(steps=2), run, **QUIET)
-    (run / "checkpoint.msgpack").write_bytes((tmp_path / "maml" / "checkpoint.msgpack")
-                                             .read_bytes())
+    header, payload = read_checkpoint(run / "checkpoint.msgpack")
+    header["config"].update(learner="maml", backbone="conv4-stride")
+    (run / "checkpoint.msgpack").write_bytes(MAGIC + json.dumps(header).encode() + b"\n"
+                                             + payload)
     before = _files(run)
     with pytest.raises(CheckpointError, match="another configuration: .*learner='maml' there, "
                                               "'protonet' here"):

@@ -191,10 +191,14 @@ def read_metrics(path: Path, log=print) -> list[dict]:
 def restore(run_dir: Path, state: TrainState, config: Config,
             log=print) -> tuple[TrainState, float]:
     """The newest readable checkpoint loaded into ``state``'s structure (made by this
-    configuration, or an error), the metrics cut back to its step, and the best validation
+    configuration, or an error; ``state`` itself when the run was stopped before its first
+    checkpoint), the metrics cut back to its step, and the best validation
     accuracy so far (-1 if none). The state is loaded first, so a checkpoint that does not fit
     leaves the metrics as they were."""
-    state = latest_checkpoint(run_dir, state, config=config, warn=log)
+    if has_checkpoint(run_dir):
+        state = latest_checkpoint(run_dir, state, config=config, warn=log)
+    else:  # killed before its first checkpoint: the run starts again from its first step
+        log(f"{run_dir} has no checkpoint yet: starting it again from step 0")
     path = run_dir / "metrics.jsonl"
     step = int(state.step)
     records = [r for r in read_metrics(path, log) if r.get("step", 0) <= step]
