@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--learner", default="protonet")
     p.add_argument("--every", type=float, default=0.25, help="seconds between RSS samples")
-    p.add_argument("--warmup", type=float, default=0.2, help="fraction of the run not judged")
+    p.add_argument("--warmup", type=float, default=0.3, help="fraction of the run not judged")
     p.add_argument("--bound", type=float, default=20.0, help="allowed growth after warm-up, MB")
     p.add_argument("--json")
     args = p.parse_args(argv)
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         f"learner={args.learner}", f"backbone={backbone}", "width=16", "train_ways=5",
         "train_queries=5", "meta_batch=2", f"steps={args.steps}", "steps_per_call=10",
         "log_every=10", "eval_every=100", "checkpoint_every=100", "val_episodes=20",
-        "test_episodes=20", "inner_lr=0.1"])
+        "test_episodes=0", "inner_lr=0.1"])  # no final test: the loop alone
     samples: list[tuple[float, float]] = []
     done = threading.Event()
 
@@ -74,7 +74,9 @@ def main(argv=None) -> int:
            "rss_after_warmup_mb": float(rss[after][0]), "rss_end_mb": float(rss[-1]),
            "rss_peak_mb": float(rss.max()), "growth_after_warmup_mb": growth,
            "slope_mb_per_1000_steps": float(slope_per_s / steps_per_s * 1000),
-           "bound_mb": args.bound, "samples": len(samples)}
+           "bound_mb": args.bound, "samples": len(samples),
+           "rss_by_tenth_mb": [float(rss[min(len(rss) - 1, int(i * len(rss) / 10))])
+                               for i in range(11)]}
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
