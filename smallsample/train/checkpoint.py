@@ -148,7 +148,12 @@ def load_checkpoint(path: str | Path, template: TrainState, *,
     """Restores a checkpoint into the structure of ``template``, checking (with ``config``) that
     the same configuration made it, and that every array has the template's shape."""
     path = Path(path)
-    header, payload = read_checkpoint(path)
+    return _restore(path, *read_checkpoint(path), template, config)
+
+
+def _restore(path: Path, header: dict, payload: bytes, template: TrainState,
+             config: Config | None) -> TrainState:
+    """:func:`load_checkpoint` of a file already read (and checked) by :func:`read_checkpoint`."""
     if config is not None:
         check_config(header, config, path)
     try:
@@ -182,6 +187,19 @@ def load_params(path: str | Path):
 
 
 # ------------------------------------------------------------------------- the run folder
+def _header_step(path: Path) -> int | None:
+    """The step in a checkpoint's header line, read without the payload (None: no readable
+    header, e.g. a format-1 file)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                return None
+            step = json.loads(f.readline()).get("step")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return step if isinstance(step, int) else None
+
+
 def _step_of(path: Path) -> int:
     return int(path.stem.rpartition("-")[2])
 
@@ -207,10 +225,7 @@ def save_run_checkpoint(run_dir: Path, state: TrainState, *, config: Config,
     tmp = run_dir / f".{LATEST}.new"
     save_checkpoint(tmp, state, config=config)  # complete before anything is moved
     if latest.is_file():
-        try:
-            step = read_checkpoint(latest)[0].get("step")
-        except CheckpointError:
-            step = None
+        step = _header_step(latest)
         if step is not None and step != int(state.step):
             os.replace(latest, run_dir / f"checkpoint-{step:08d}.msgpack")
     os.replace(tmp, latest)
@@ -232,16 +247,12 @@ def latest_checkpoint(run_dir: str | Path, template: TrainState, *, config: Conf
     errors = []
     for path in found:
         try:
-            header, _ = read_checkpoint(path)
-            if config is not None:
-                check_config(header, config, path)
+            header, payload = read_checkpoint(path)
         except CheckpointError as e:
-            if "another configuration" in str(e):
-                raise
             errors.append(str(e))
             warn(f"{e}; falling back to the checkpoint before it")
             continue
-        return load_checkpoint(path, template, config=config)
+        return _restore(path, header, payload, template, config)
     raise CheckpointError(f"no checkpoint of {run_dir} can be read: " + "; ".join(errors))
 
 

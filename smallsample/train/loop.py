@@ -110,13 +110,13 @@ def open_run(config: Config, run_dir: Path, *, resume: bool, log=print) -> Confi
             log(f"resuming {run_dir} with " + ", ".join(
                 f"{k}={getattr(resumed, k)}" for k in sorted(json.loads(resumed.to_json()))
                 if getattr(resumed, k) != getattr(saved, k)))
-        config = resumed
-    elif has_checkpoint(run_dir):
+        # checked here (a new run's config was checked before the folder was locked); written
+        # once its checkpoint has loaded
+        return validate(resumed)
+    if has_checkpoint(run_dir):
         raise FileExistsError(f"{run_dir} already holds a run; use --resume or another folder")
-    validate(config)
-    if not resume:  # a resumed run's config is written once its checkpoint has loaded
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(config_path, json.loads(config.to_json()))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(config_path, json.loads(config.to_json()))
     return config
 
 
