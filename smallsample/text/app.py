@@ -224,9 +224,10 @@ def drop_duplicates(unlabelled: Sequence[str], labelled: Sequence[str], *,
             seen.add(k)
             kept.append(t)
     if in_labelled:
-        warnings.warn(f"{where}: {len(in_labelled)} of them are also labelled texts (the first: "
-                      f"{_short(in_labelled[0])}); dropped from the unlabelled texts",
-                      UserWarning, stacklevel=2)
+        k = len(in_labelled)
+        warnings.warn(f"{where}: {k} text{'s are' if k > 1 else ' is'} also among the labelled "
+                      f"texts (the first: {_short(in_labelled[0])}); dropped from the unlabelled "
+                      "texts", UserWarning, stacklevel=2)
     return kept, len(in_labelled), repeats
 
 
@@ -301,7 +302,9 @@ def train_classifier(labelled: str | os.PathLike, *, out: str | os.PathLike,
       ``distilled_on`` (``'labelled+unlabelled'``, ``'labelled only'`` or ``None`` without a
       teacher), ``teacher`` / ``student`` (name, layers, parameters, seconds, training
       accuracy), ``agreement`` (the fraction of the texts on which the student's class is the
-      teacher's), ``seconds``, ``peak_rss_mb``, ``notes``.
+      teacher's), ``unlabelled_confidence`` (the median and 10% quantile of the student's
+      largest probability on the unlabelled texts, a guide to the threshold), ``seconds``,
+      ``peak_rss_mb``, ``notes``.
 
     Raises:
       DataError: a file that is missing, empty, has an unknown column, one class, a class with
@@ -385,8 +388,9 @@ def train_classifier(labelled: str | os.PathLike, *, out: str | os.PathLike,
             named = load_sentence_encoder(student)
             dtext.check_same_tokenizer(
                 teacher_enc, named,
-                where=f"--student-layers {student_layers} makes the student of the teacher "
-                      f"{teacher}'s layers, so the student {student} must have its tokenizer")
+                where=f"--student-layers {student_layers} builds the student from the first "
+                      f"layers of the teacher {teacher}, so it keeps the teacher's tokenizer, "
+                      f"which the student {student} does not have (leave out --student)")
         base = teacher_enc
         student_name = f"{teacher} (first {student_layers} layers)"
     else:
@@ -419,7 +423,7 @@ def train_classifier(labelled: str | os.PathLike, *, out: str | os.PathLike,
         clf = dtext.finetune_classifier(key_student, base, data.texts, data.labels,
                                         label_names=names, progress=progress, **ft_opts)
         student_seconds = time.perf_counter() - t0
-        student_logits = predict_logits(clf, data.texts)
+        student_logits = predict_logits(clf, data.texts + unl_texts)
         if unl_texts:
             notes.append(f"no teacher: the {len(unl_texts)} unlabelled texts were not used")
     else:
@@ -457,7 +461,6 @@ def train_classifier(labelled: str | os.PathLike, *, out: str | os.PathLike,
         student_seconds = time.perf_counter() - t0
         student_logits = predict_logits(clf, data.texts + unl_texts)
         agreement = float(np.mean(student_logits.argmax(-1) == logits.argmax(-1)))
-        student_logits = student_logits[:n]
     if tuple(clf.labels) != tuple(names):
         raise RuntimeError(f"the trained classifier's labels {clf.labels} are not the file's "
                            f"{names}")
@@ -466,8 +469,14 @@ def train_classifier(labelled: str | os.PathLike, *, out: str | os.PathLike,
         "name": student_name, "layers": clf.encoder.config.num_hidden_layers,
         "parameters": num_params(clf.encoder.params) + num_params(clf.head),
         "seconds": round(student_seconds, 2),
-        "train_accuracy": float(np.mean(student_logits.argmax(-1) == data.labels)),
+        "train_accuracy": float(np.mean(student_logits[:n].argmax(-1) == data.labels)),
     }
+    confidence = None
+    if unl_texts:
+        z = student_logits[n:].astype(np.float64)
+        top = 1.0 / np.exp(z - z.max(-1, keepdims=True)).sum(-1)  # the largest probability
+        confidence = {"p10": round(float(np.quantile(top, 0.1)), 4),
+                      "median": round(float(np.median(top)), 4)}
     from smallsample.bench.memory import peak_rss_mb  # noqa: PLC0415
     from smallsample.text.classifier import save_classifier  # noqa: PLC0415
 
@@ -489,6 +498,7 @@ def train_classifier(labelled: str | os.PathLike, *, out: str | os.PathLike,
         "teacher": summary_teacher,
         "student": summary_student,
         "agreement": agreement,
+        "unlabelled_confidence": confidence,
         "threshold": threshold,
         "notes": notes,
     }
@@ -501,7 +511,7 @@ def train_classifier(labelled: str | os.PathLike, *, out: str | os.PathLike,
                      "student_layers": student_layers, "seed": seed, "epochs": epochs,
                      "student_epochs": student_epochs, "threshold": threshold},
         **{k: summary[k] for k in ("classes", "distilled_on", "teacher", "student",
-                                   "agreement", "notes")},
+                                   "agreement", "unlabelled_confidence", "notes")},
     }
     say(f"writing {out}")
     save_classifier(clf, out, info=info, overwrite=overwrite)
@@ -684,7 +694,11 @@ def format_summary(summary: dict) -> str:
         lines.append(f"student: {s['name']}, {s['parameters'] / 1e6:.1f}M parameters, "
                      f"fine-tuned on {summary['labelled']} texts in {s['seconds']:.0f} s "
                      f"(training accuracy {100 * s['train_accuracy']:.0f}%; no teacher)")
-    lines += [f"note: {n}" for n in summary["notes"] if "also labelled texts" not in n]
+    conf = summary.get("unlabelled_confidence")
+    if conf is not None:
+        lines.append(f"student's confidence on the unlabelled texts: median {conf['median']:.3f}, "
+                     f"10th percentile {conf['p10']:.3f}")
+    lines += [f"note: {n}" for n in summary["notes"] if "also among the labelled" not in n]
     if summary["threshold"] is not None:
         lines.append(f"out-of-scope below confidence {summary['threshold']}")
     lines.append(f"wrote {summary['folder']} ({summary['seconds']:.0f} s, peak RSS "
