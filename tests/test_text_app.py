@@ -217,7 +217,7 @@ def test_saved_classifier_reproduces_the_in_process_logits(files, trained, tmp_p
     from smallsample.text.classifier import load_classifier, predict_logits
     from smallsample.text.encode import encode
 
-    (tmp_path / "m").mkdir()
+    shutil.copytree(trained[0], tmp_path / "m")  # an earlier classifier, replaced
     (tmp_path / "m" / "stale.txt").write_text("replaced with overwrite=True")
     with pytest.warns(UserWarning, match="1 text is also among the labelled texts"):
         summary = app.train_classifier(
@@ -362,6 +362,11 @@ def test_existing_output_folder(files, tmp_path):
     (out / "keep.txt").write_text("mine")
     rc, _, err = cli(["text", "train", str(files["csv"]), "--out", str(out), "--no-progress"])
     assert rc == 2 and f"{out} exists" in err and "--overwrite" in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # --overwrite replaces a classifier folder, never a folder of other files
+    rc, _, err = cli(["text", "train", str(files["csv"]), "--out", str(out), "--overwrite",
+                      "--no-progress"])
+    assert rc == 2 and f"{out} is a folder of other files" in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 

@@ -266,7 +266,8 @@ def train_classifier(labelled: str | os.PathLike, *, out: str | os.PathLike,
     Args:
       labelled: a CSV, TSV or JSONL file of texts with labels (any strings).
       out: the classifier folder to write (see :func:`~smallsample.text.classifier
-        .save_classifier`); refused if it exists, unless ``overwrite``.
+        .save_classifier`); refused if it exists, unless ``overwrite`` and it is empty or a
+        classifier folder (one of other files is never replaced).
       text_column, label_column: the columns (JSONL: keys) of the text and of the label.
       unlabelled: optional file of unlabelled texts (CSV, TSV, JSONL, or ``.txt``, one a line)
         for distillation; it must carry no labels (:func:`read_unlabelled`). Texts also in
@@ -311,7 +312,7 @@ def train_classifier(labelled: str | os.PathLike, *, out: str | os.PathLike,
         fewer than :data:`MIN_PER_CLASS` texts, labels in the unlabelled file.
       ValueError: a bad option (threshold outside [0, 1], student_layers, epochs), or teacher
         and student of different tokenizers with ``student_layers``.
-      FileExistsError: ``out`` exists and not ``overwrite``.
+      FileExistsError: ``out`` exists and not ``overwrite``, or is not a classifier folder.
     """
     from smallsample.text.classifier import check_threshold  # noqa: PLC0415
 
@@ -336,6 +337,10 @@ def train_classifier(labelled: str | os.PathLike, *, out: str | os.PathLike,
                               f"(overwrite=True) to replace it")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not (out / "classifier.json").is_file():
+        # overwrite replaces the whole folder: never a folder of the user's other files
+        raise FileExistsError(f"{out} is a folder of other files, not a classifier folder (no "
+                              f"classifier.json); --overwrite replaces classifier folders only")
 
     # the files
     labelled = Path(labelled)
