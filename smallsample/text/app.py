@@ -748,31 +748,38 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="fine-tune a teacher on labelled texts, distil it into a "
                        "small student, write the student to a folder",
-                       description=train_classifier.__doc__.splitlines()[0])
+                       description="Fine-tunes a teacher encoder on a file of labelled texts, "
+                       "distils it into a small student (on the unlabelled texts too, if given) "
+                       "and writes the student to a folder for `smallsample text classify`.")
     t.add_argument("labelled", help="CSV, TSV or JSONL file of labelled texts")
-    t.add_argument("--out", required=True, help="classifier folder to write")
-    t.add_argument("--unlabelled", default=None,
+    t.add_argument("--out", required=True, metavar="FOLDER", help="classifier folder to write")
+    t.add_argument("--unlabelled", default=None, metavar="FILE",
                    help="file of unlabelled texts (CSV, TSV, JSONL, or .txt one a line)")
-    t.add_argument("--text-column", default="text", help="column of the texts (default text)")
-    t.add_argument("--label-column", default="label", help="column of the labels (default label)")
-    t.add_argument("--unlabelled-text-column", default=None,
+    t.add_argument("--text-column", default="text", metavar="NAME",
+                   help="column of the texts (default text)")
+    t.add_argument("--label-column", default="label", metavar="NAME",
+                   help="column of the labels (default label)")
+    t.add_argument("--unlabelled-text-column", default=None, metavar="NAME",
                    help="read only this column of the unlabelled file (others ignored)")
     t.add_argument("--teacher", default=DEFAULT_TEACHER, type=_model_or_none,
+                   metavar="NAME|FOLDER|none",
                    help=f"teacher model name or folder, or 'none' (default {DEFAULT_TEACHER})")
     t.add_argument("--no-teacher", action="store_true",
                    help="no teacher: fine-tune the student directly")
-    t.add_argument("--student", default=None, help=f"student model name or folder (default "
-                   f"{DEFAULT_STUDENT}; with --student-layers, the teacher's layers)")
-    t.add_argument("--student-layers", type=int, default=None,
+    t.add_argument("--student", default=None, metavar="NAME|FOLDER",
+                   help=f"student model name or folder (default {DEFAULT_STUDENT}; with "
+                   "--student-layers, the teacher's layers)")
+    t.add_argument("--student-layers", type=int, default=None, metavar="N",
                    help="keep the first N layers: of the fine-tuned teacher (a DistilBERT-style "
                    "student), or without a teacher, of the student")
-    t.add_argument("--epochs", type=int, default=None,
+    t.add_argument("--epochs", type=int, default=None, metavar="N",
                    help="epochs of fine-tuning (and of distillation unless --student-epochs)")
-    t.add_argument("--student-epochs", type=int, default=None, help="epochs of distillation")
+    t.add_argument("--student-epochs", type=int, default=None, metavar="N",
+                   help="epochs of distillation")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threshold", type=_fraction, default=None,
+    t.add_argument("--threshold", type=_fraction, default=None, metavar="P",
                    help="saved with the classifier: out-of-scope below this confidence")
-    t.add_argument("--cache-dir", default=None,
+    t.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="teacher logits cache (default ~/.cache/smallsample/teacher)")
     t.add_argument("--no-cache", action="store_true", help="do not cache teacher logits")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -785,9 +792,11 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="file of texts: .txt (one a line), or CSV, TSV, JSONL (--text-column)")
     c.add_argument("--text", action="append", default=[], metavar="TEXT",
                    help="a text to classify (repeat for more)")
-    c.add_argument("--text-column", default="text", help="column of the texts (default text)")
-    c.add_argument("--out", default=None, help="write the predictions (.csv, .tsv or .jsonl)")
-    c.add_argument("--threshold", type=_fraction, default=None,
+    c.add_argument("--text-column", default="text", metavar="NAME",
+                   help="column of the texts (default text)")
+    c.add_argument("--out", default=None, metavar="FILE",
+                   help="write the predictions (.csv, .tsv or .jsonl)")
+    c.add_argument("--threshold", type=_fraction, default=None, metavar="P",
                    help="out-of-scope below this confidence (default: the classifier's own)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     c.set_defaults(func=cmd_classify)
