@@ -46,6 +46,11 @@ class Config:
     test_inner_steps: int = 0         # 0: same as inner_steps
     inner_lr: float = 0.4
     remat: bool = False
+    # distillation from a trained run (smallsample.train.step.distill_task_loss_and_grad)
+    teacher: str = ""                 # the teacher's run folder ("" : no teacher)
+    distill_weight: float = 0.5       # alpha: (1 - alpha) CE + alpha KD on the query logits
+    distill_temperature: float = 4.0  # T of the KD term (T^2 KL(teacher || student))
+    distill_loss: str = "kd"          # kd (Hinton) | dkd (decoupled KD, TCKD + 8 NCKD)
     chunks: int = 0                   # sequential chunks of the meta-batch; 0: auto (CPU: one
                                       # task at a time, fastest there; GPU/TPU: all vmapped)
     devices: int = 0                  # devices the meta-batch is split over; 0: auto (CPU and
@@ -83,7 +88,14 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        """The config as JSON. The distillation settings are written only when a teacher is set:
+        a run without one has the same config (and checkpoint header) as before they existed,
+        so such runs resume, and :meth:`from_json` fills them in with their defaults."""
+        values = dataclasses.asdict(self)
+        if not self.teacher:
+            for name in DISTILL_FIELDS:
+                values.pop(name)
+        return json.dumps(values, indent=2, sort_keys=True)
 
     def check(self) -> Config:
         """Raises a ``ValueError`` naming the first setting out of its range (names of learners,
@@ -106,6 +118,12 @@ class Config:
             raise ValueError(f"lr={self.lr} must be a finite number > 0")
         if not math.isfinite(self.inner_lr):
             raise ValueError(f"inner_lr={self.inner_lr} must be finite")
+        if not (math.isfinite(self.distill_weight) and 0 <= self.distill_weight <= 1):
+            raise ValueError(f"distill_weight={self.distill_weight} must be in [0, 1] (the "
+                             f"weight of the KD term; 1 - it weighs the cross-entropy)")
+        if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
+            raise ValueError(f"distill_temperature={self.distill_temperature} must be a finite "
+                             f"number > 0")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose from "
@@ -150,7 +168,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "split": ("vinyals", "maml", "lake"),
     "norm": ("separate", "support", "joint"),
     "conv_impl": ("auto", "xla", "im2col", "shift", "onednn"),
+    "distill_loss": ("kd", "dkd"),
 }
+
+#: The settings of distillation from a teacher run (``teacher`` and its weights).
+DISTILL_FIELDS = ("teacher", "distill_weight", "distill_temperature", "distill_loss")
 
 #: Settings that may change when a run is resumed: they change how long it runs, what it logs
 #: and evaluates, or how its step is laid out on the hardware, not the training trajectory.

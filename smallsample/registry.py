@@ -8,6 +8,7 @@ them, so a model is described once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -165,7 +166,76 @@ def validate(config: Config) -> Config:
         raise ValueError(f"unknown backbone {config.backbone!r}; choose from "
                          f"{', '.join(BACKBONES)}")
     _check_dataset(config)
+    if config.teacher:
+        teacher_config(config)
     return config
+
+
+#: Students of distillation: episodic learners whose meta-gradient is the gradient of their
+#: query loss, to which the KD term is added (not Reptile and iMAML, not the pre-trained
+#: baselines).
+DISTILL_STUDENTS = ("protonet", "matching", "r2d2", "maml", "fomaml", "anil", "metasgd")
+#: Teachers whose parameters do not depend on the episode's ways (metric and closed-form heads,
+#: fine-tuning baselines): built for the student's episodes whatever ways they were trained
+#: with. Any other teacher (the MAML family, Reptile, iMAML: a ``ways``-way head) must have been
+#: trained with the student's training ways.
+WAYS_FREE_TEACHERS = ("protonet", "matching", "r2d2", "baseline", "baseline++")
+#: Settings a teacher's run shares with its student: the same images (a teacher trained on
+#: another split could have seen the student's test classes).
+TEACHER_SHARED = ("dataset", "data_path", "split", "train_part", "image_size")
+
+
+def teacher_config(config: Config) -> Config:
+    """The config of the teacher run ``config.teacher``, checked against the student's: a
+    ``ValueError`` naming the folder and the value when the folder is not a run folder (no
+    ``config.json``, no readable checkpoint), when it was trained on other images
+    (:data:`TEACHER_SHARED`), or when its logits cannot be compared with the student's (a
+    learner with a head of other ways, a student that is not in :data:`DISTILL_STUDENTS`)."""
+    where = f"teacher={config.teacher!r}"
+    if config.learner not in DISTILL_STUDENTS:
+        raise ValueError(f"{where}: a {config.learner} student cannot be distilled (its "
+                         f"meta-gradient is not its query loss's); students: "
+                         f"{', '.join(DISTILL_STUDENTS)}")
+    folder = Path(config.teacher)
+    if not folder.is_dir():
+        raise ValueError(f"{where}: {'not a folder' if folder.exists() else 'no such folder'} "
+                         f"(the teacher is a run folder of smallsample train)")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{where} is not a run folder: {path} does not exist")
+    try:
+        teacher = Config.from_json(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where}: {path} cannot be read ({e})") from None
+    except ValueError as e:
+        raise ValueError(f"{where}: {path}: {e}") from None
+    for name in TEACHER_SHARED:
+        if getattr(teacher, name) != getattr(config, name):
+            raise ValueError(f"{where} was trained with {name}={getattr(teacher, name)!r}, the "
+                             f"student has {name}={getattr(config, name)!r}: the teacher must "
+                             f"have seen the same images")
+    learner_spec(teacher)
+    if teacher.backbone not in BACKBONES:
+        raise ValueError(f"{where}: its config ({path}) names the unknown backbone "
+                         f"{teacher.backbone!r}")
+    ways = config.effective_train_ways
+    if teacher.learner not in WAYS_FREE_TEACHERS and teacher.effective_train_ways != ways:
+        raise ValueError(f"{where}: a {teacher.learner} teacher has a "
+                         f"{teacher.effective_train_ways}-way head, the student trains on "
+                         f"{ways}-way episodes: their logits are not comparable (teachers for "
+                         f"any ways: {', '.join(WAYS_FREE_TEACHERS)})")
+    from smallsample.train.checkpoint import (  # noqa: PLC0415 (train is built on this module)
+        read_checkpoint,
+        run_checkpoint,
+    )
+
+    try:
+        checkpoint, _ = run_checkpoint(folder)
+    except FileNotFoundError:
+        raise ValueError(f"{where}: the run folder has no checkpoint (best.msgpack or "
+                         f"checkpoint.msgpack): train the teacher first") from None
+    read_checkpoint(checkpoint)  # a CheckpointError (a ValueError) names the file
+    return teacher
 
 
 def build_optimizer(config: Config) -> optax.GradientTransformation:

@@ -2,17 +2,22 @@
 
 A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON object per
 logged step and per validation), ``checkpoint.msgpack`` (latest), ``best.msgpack`` (best
-validation accuracy), ``results.json`` and ``test_accuracies.npy``.
+validation accuracy), ``results.json`` and ``test_accuracies.npy``; a student distilled from a
+teacher run (``config.teacher``) also ``teacher.json``, the sha256 of the teacher's checkpoint it
+is trained with: the checkpoints hold the student alone, and a resumed run finds its teacher again
+through ``config.teacher``, refusing it if its checkpoint has changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,18 +39,23 @@ from smallsample.registry import (
     build_pretrainer,
     is_pretrained,
     load_data,
+    teacher_config,
     validate,
 )
 from smallsample.train.checkpoint import (
     BEST,
+    CheckpointError,
     has_checkpoint,
     latest_checkpoint,
     load_checkpoint,
+    read_checkpoint,
+    run_checkpoint,
     run_lock,
     save_checkpoint,
     save_run_checkpoint,
 )
 from smallsample.train.step import (
+    Teacher,
     TrainState,
     init_state,
     make_pretrain_step,
@@ -120,6 +130,97 @@ def open_run(config: Config, run_dir: Path, *, resume: bool, log=print) -> Confi
     return config
 
 
+TEACHER_RECORD = "teacher.json"
+
+
+class TeacherRun(NamedTuple):
+    """A teacher loaded for distillation (:func:`load_teacher`)."""
+
+    config: Config          # the teacher run's config
+    teacher: Teacher        # its learner for the student's training episodes, and the loss
+    params: Any             # its parameters (best.msgpack, else the latest checkpoint)
+    checkpoint: Path        # the file they come from
+    sha256: str             # of that checkpoint's payload
+
+    def record(self, config: Config) -> dict:
+        """What ``teacher.json`` says: where the teacher is, its checkpoint and model."""
+        return {"teacher": config.teacher, "checkpoint": str(self.checkpoint),
+                "sha256": self.sha256, "learner": self.config.learner,
+                "backbone": self.config.backbone, "width": self.config.width,
+                "parameters": int(sum(np.size(x) for x in jax.tree.leaves(self.params)))}
+
+
+def load_teacher(config: Config, image_shape: tuple[int, ...]) -> TeacherRun:
+    """The teacher of ``config`` (``config.teacher``, a run folder, checked by
+    :func:`smallsample.registry.teacher_config`) with its learner built for the student's
+    training episodes (``effective_train_ways``; the evaluation variant, e.g. MAML's
+    ``test_inner_steps``) and its parameters from ``best.msgpack`` (else the latest
+    checkpoint), read once. A ``ValueError`` names the folder when its parameters do not fit
+    that learner on images of ``image_shape`` ``(H, W, C)`` (e.g. other channels) or are not
+    finite."""
+    teacher_cfg = teacher_config(config)
+    folder, where = Path(config.teacher), f"teacher={config.teacher!r}"
+    path, _ = run_checkpoint(folder)
+    header, payload = read_checkpoint(path)
+    try:
+        params = flax.serialization.msgpack_restore(payload)["params"]
+    except Exception as e:
+        raise CheckpointError(f"{where}: checkpoint {path} cannot be read "
+                              f"({type(e).__name__}: {e})") from e
+    ways = config.effective_train_ways
+    learner = build_learner(teacher_cfg, ways=ways, test=True)
+    example = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
+    want = _shapes(jax.eval_shape(learner.init, jax.random.key(0), example))
+    got = _shapes(params)
+    if want != got:
+        differ = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))[:3]
+        raise ValueError(
+            f"{where}: the parameters in {path} do not fit a {teacher_cfg.learner} "
+            f"{teacher_cfg.backbone} (width {teacher_cfg.width}) built for the student's "
+            f"{ways}-way episodes of {'x'.join(map(str, image_shape))} images: "
+            + ", ".join(f"{k} {got.get(k)} there, {want.get(k)} here" for k in differ))
+    for k, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not np.all(np.isfinite(leaf)):
+            raise ValueError(f"{where}: {path} holds non-finite parameters "
+                             f"({jax.tree_util.keystr(k)})")
+    sha = header.get("sha256") or hashlib.sha256(payload).hexdigest()
+    teacher = Teacher(learner, weight=config.distill_weight,
+                      temperature=config.distill_temperature, loss=config.distill_loss)
+    return TeacherRun(teacher_cfg, teacher, jax.tree.map(jnp.asarray, params), path, sha)
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    return {jax.tree_util.keystr(k): tuple(np.shape(x))
+            for k, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def check_teacher_record(run_dir: Path, config: Config, teacher: TeacherRun, *,
+                         resume: bool) -> None:
+    """A new run writes ``teacher.json`` (the teacher's checkpoint and its sha256); a resumed
+    run is refused, before anything is touched, when the teacher's checkpoint is not the one it
+    was trained with (a ``ValueError`` naming both files)."""
+    path = run_dir / TEACHER_RECORD
+    if resume and path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot resume {run_dir}: {path} cannot be read ({e}), so its "
+                             f"teacher cannot be checked") from None
+        if saved.get("sha256") != teacher.sha256:
+            raise ValueError(
+                f"cannot resume {run_dir}: its teacher has changed since the run began: "
+                f"{teacher.checkpoint} has sha256 {teacher.sha256[:16]}..., the run was trained "
+                f"with {saved.get('checkpoint')} of sha256 {str(saved.get('sha256'))[:16]}... "
+                f"({path}); restore that checkpoint or start a new run folder")
+        return
+    if resume and has_checkpoint(run_dir):
+        raise ValueError(f"cannot resume {run_dir}: {path} does not exist, so the teacher it "
+                         f"was trained with cannot be checked")
+    _write_json(path, teacher.record(config))
+
+
 class Trainer(NamedTuple):
     """What the loop runs: the jitted step, its initial state, and the mesh (None: one device)."""
 
@@ -129,9 +230,12 @@ class Trainer(NamedTuple):
     tasks_per_step: int
 
 
-def build_trainer(config: Config, train_x: jax.Array, log=print) -> Trainer:
+def build_trainer(config: Config, train_x: jax.Array, log=print,
+                  teacher: TeacherRun | None = None) -> Trainer:
     """The learner, optimizer, sampler and jitted step of ``config`` for the class-indexed
-    ``train_x``, and the initial state (``config.seed``)."""
+    ``train_x``, and the initial state (``config.seed``). With ``config.teacher``, the student
+    is distilled from ``teacher`` (default: :func:`load_teacher`); its parameters are passed to
+    the jitted step at each call, the state holds the student alone."""
     optimizer = build_optimizer(config)
     augment = None
     if config.augment:
@@ -156,12 +260,20 @@ def build_trainer(config: Config, train_x: jax.Array, log=print) -> Trainer:
             mesh = task_mesh(jax.local_devices()[:devices])
             log(f"meta-batch of {config.meta_batch} split over {devices} "
                 f"{jax.default_backend().upper()} devices")
+        if config.teacher and teacher is None:
+            teacher = load_teacher(config, train_x.shape[2:])
         step = make_train_step(learner, optimizer, sample, chunks=config.chunks,
-                               steps_per_call=spc, batch=config.meta_batch, mesh=mesh)
+                               steps_per_call=spc, batch=config.meta_batch, mesh=mesh,
+                               teacher=teacher.teacher if config.teacher else None)
         tasks = config.meta_batch
     example = jnp.zeros((2,) + train_x.shape[2:], jnp.float32)
     state = init_state(learner, optimizer, example, config.seed)
-    return Trainer(jax.jit(step, donate_argnums=0), state, mesh, tasks)
+    jitted = jax.jit(step, donate_argnums=0)
+    if config.teacher and not is_pretrained(config):
+        params = teacher.params if mesh is None else jax.device_put(teacher.params,
+                                                                     replicated(mesh))
+        return Trainer(lambda state, data: jitted(state, data, params), state, mesh, tasks)
+    return Trainer(jitted, state, mesh, tasks)
 
 
 def read_metrics(path: Path, log=print) -> list[dict]:
@@ -270,7 +382,11 @@ def _train_and_evaluate(config: Config, run_dir: Path, resume: bool, progress: b
     config = open_run(config, run_dir, resume=resume, log=log)
     data = data if data is not None else load_data(config)
     train_x = jnp.asarray(data["train"])
-    trainer = build_trainer(config, train_x, log=log)
+    teacher = None
+    if config.teacher:  # found again from the config on resume, and checked
+        teacher = load_teacher(config, train_x.shape[2:])
+        check_teacher_record(run_dir, config, teacher, resume=resume)
+    trainer = build_trainer(config, train_x, log=log, teacher=teacher)
     state, best_val = trainer.state, -1.0
     if resume:
         state, best_val = restore(run_dir, state, config, log=log)
@@ -321,7 +437,8 @@ def _train_and_evaluate(config: Config, run_dir: Path, resume: bool, progress: b
         bar.close()
     seconds = time.perf_counter() - t0
     test = _test(config, run_dir, state, eval_learner, eval_fn, data, log)
-    _write_results(config, run_dir, state, seconds, best_val, test, trainer.mesh)
+    _write_results(config, run_dir, state, seconds, best_val, test, trainer.mesh,
+                   None if teacher is None else teacher.record(config))
     return RunResult(test, val, int(state.step), seconds, run_dir)
 
 
@@ -338,8 +455,9 @@ def _test(config: Config, run_dir: Path, state: TrainState, learner: Learner, ev
 
 
 def _write_results(config: Config, run_dir: Path, state: TrainState, seconds: float,
-                   best_val: float, test: Result | None, mesh) -> None:
-    _write_json(run_dir / "results.json", {
+                   best_val: float, test: Result | None, mesh, teacher: dict | None) -> None:
+    extra = {} if teacher is None else {"teacher": teacher}
+    _write_json(run_dir / "results.json", extra | {
         "steps": int(state.step), "train_seconds": seconds,
         "best_val_accuracy": best_val if best_val >= 0 else None,
         "used_checkpoint": "best" if (run_dir / BEST).exists() else "last",

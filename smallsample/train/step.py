@@ -9,6 +9,13 @@ a mesh's devices, one all-reduce a step), applies the optax update, and repeats
 step's randomness is ``fold_in(run_key, step)``, so a resumed run continues exactly where the
 interrupted one would have been. Nothing here is jitted: the caller decides
 (``jax.jit(step, donate_argnums=0)``).
+
+Distillation (``teacher=``, :class:`Teacher`): a trained learner adapts and predicts on the same
+episode as the student, after the augmentation (one view, fed to both: "consistent teaching"),
+and the student's query loss becomes ``(1 - alpha) CE + alpha KD``
+(:func:`distill_task_loss_and_grad`). The teacher's parameters are an argument of the step
+(``step(state, data, teacher_params)``), never differentiated and not in the optimizer state.
+Without a teacher the step is the plain one, op for op.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec as P
 
+from smallsample.distill.logits import dkd_loss, kd_loss
 from smallsample.episodes import Episode, sample_meta_batch, to_float
 from smallsample.learners.base import Learner, task_loss_and_grad
 from smallsample.parallel import AXIS, check_divisible, shard_tasks
@@ -76,7 +84,8 @@ def default_chunks(batch: int, devices: int = 1, backend: str | None = None) -> 
 
 
 def meta_gradient(learner: Learner, params, episodes: Episode, key: jax.Array, *,
-                  chunks: int | None = None, mesh=None):
+                  chunks: int | None = None, mesh=None, teacher: Teacher | None = None,
+                  teacher_params=None):
     """Mean ``(loss, accuracy, grads)`` over a meta-batch ``episodes [B, ...]``.
 
     The meta-batch is processed as ``chunks`` sequential groups (a ``lax.scan``) of ``B / chunks``
@@ -90,27 +99,113 @@ def meta_gradient(learner: Learner, params, episodes: Episode, key: jax.Array, *
     flattened sums ends the step (left to XLA's partitioner, the sharded task axis put an
     all-reduce into every group; docs/performance.md, "one cpu device per core"). Task ``i``'s
     key is the same on any mesh, so the numbers equal one device's up to summation order.
+
+    ``teacher`` with ``teacher_params``: each task's loss is
+    :func:`distill_task_loss_and_grad` (the teacher's parameters replicated on the mesh).
     """
     batch = episodes.query_y.shape[0]
     keys = jax.random.split(key, batch)
+
+    def task_fn(tparams):
+        if teacher is None:
+            return lambda p, e, k: task_loss_and_grad(learner, p, e, k)
+        return lambda p, e, k: distill_task_loss_and_grad(learner, teacher, p, tparams, e, k)
+
     if mesh is None:
         chunks = chunks or default_chunks(batch)
         _check_chunks(batch, chunks)
-        sums = _task_sums(learner, params, episodes, keys, chunks)
+        sums = _task_sums(task_fn(teacher_params), params, episodes, keys, chunks)
     else:
         check_divisible(batch, mesh)
         local = batch // mesh.size
         chunks = chunks or default_chunks(local)
 
-        def device_sums(params, episodes, keys):
-            flat, unflatten = ravel_pytree(_task_sums(learner, params, episodes, keys, chunks))
+        def device_sums(params, episodes, keys, *tparams):
+            task = task_fn(tparams[0] if tparams else None)
+            flat, unflatten = ravel_pytree(_task_sums(task, params, episodes, keys, chunks))
             return unflatten(jax.lax.psum(flat, AXIS))  # one all-reduce a step
 
         _check_chunks(local, chunks, f" (the {local} tasks of each of {mesh.size} devices)")
-        sums = jax.shard_map(device_sums, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
-                             out_specs=P(), check_vma=False)(params, episodes, keys)
+        extra = () if teacher is None else (teacher_params,)
+        sums = jax.shard_map(device_sums, mesh=mesh,
+                             in_specs=(P(), P(AXIS), P(AXIS)) + (P(),) * len(extra),
+                             out_specs=P(), check_vma=False)(params, episodes, keys, *extra)
     loss, acc, grads = sums
     return loss / batch, acc / batch, jax.tree.map(lambda g: g / batch, grads)
+
+
+class Teacher(NamedTuple):
+    """How a student is distilled from a trained learner, whose parameters are passed to the
+    step apart (``step(state, data, teacher_params)``).
+
+    Attributes:
+      learner: the teacher's learner, built for the ways of the student's training episodes
+        (its ``predict`` gives ``[num_query, ways]`` logits comparable with the student's).
+      weight: ``alpha`` in ``(1 - alpha) CE + alpha KD``, in ``[0, 1]`` (may be traced).
+      temperature: ``T > 0`` of the KD term (may be traced).
+      loss: ``'kd'``: ``T^2 KL(softmax(t / T) || softmax(s / T))``
+        (:func:`~smallsample.distill.kd_loss`, Hinton et al. 2015); ``'dkd'``: decoupled KD,
+        ``TCKD + 8 NCKD`` at ``T`` (:func:`~smallsample.distill.dkd_loss`, Zhao et al. 2022).
+    """
+
+    learner: Learner
+    weight: float | jax.Array = 0.5
+    temperature: float | jax.Array = 4.0
+    loss: str = "kd"
+
+
+#: ``name -> (student_logits, teacher_logits, labels, temperature) -> [num_query]``
+DISTILL_LOSSES: dict[str, Callable[..., jax.Array]] = {
+    "kd": lambda s, t, y, temperature: kd_loss(s, t, temperature=temperature),
+    "dkd": lambda s, t, y, temperature: dkd_loss(s, t, y, temperature=temperature),
+}
+
+
+def teacher_logits(teacher: Teacher, teacher_params, episode: Episode,
+                   key: jax.Array) -> jax.Array:
+    """The teacher's query logits ``[num_query, ways]`` on ``episode`` (its ``adapt`` on the
+    episode's support set, ``predict`` on its queries), through ``stop_gradient``. The teacher's
+    key is ``fold_in(key, 1)``, the student's is ``key``."""
+    k = jax.random.fold_in(key, 1)
+    state = teacher.learner.adapt(teacher_params, episode.support_x, episode.support_y, k)
+    return jax.lax.stop_gradient(teacher.learner.predict(teacher_params, state, episode.query_x))
+
+
+def distill_task_loss_and_grad(learner: Learner, teacher: Teacher, params, teacher_params,
+                               episode: Episode, key: jax.Array):
+    """``(loss, accuracy, grads)`` of one task of a student distilled from ``teacher``.
+
+    ``loss = (1 - alpha) CE(s, y) + alpha mean_q KD(s_q, t_q)``, with ``s`` and ``t`` the
+    student's and the teacher's query logits ``[num_query, ways]`` on the same episode: the same
+    support and query images, augmented once by the sampler, so both see one view (consistent
+    teaching, Beyer et al. 2022). With ``loss='kd'`` it is
+    :func:`~smallsample.distill.kd_ce_loss` averaged over the queries.
+
+    The cross-entropy part, its gradient and the accuracy are the plain step's
+    (:func:`~smallsample.learners.base.task_loss_and_grad`: the learner's own gradient, e.g.
+    prototypical networks in one pass), so ``alpha = 0`` gives exactly the plain step's
+    gradient. The KD part is differentiated apart through the student's ``adapt`` and
+    ``predict`` and added: one more forward and backward pass of the student, small beside the
+    teacher's forward pass when the student is the smaller network. The teacher's logits pass
+    through ``stop_gradient``: no gradient reaches ``teacher_params``, which are not
+    differentiated at all.
+
+    Learners whose outer gradient is not the gradient of their query loss (Reptile, iMAML) are
+    not students here (:func:`smallsample.registry.validate` refuses them).
+    """
+    ce, acc, ce_grads = task_loss_and_grad(learner, params, episode, key)
+    t = teacher_logits(teacher, teacher_params, episode, key)
+    distill = DISTILL_LOSSES[teacher.loss]
+
+    def kd_part(p):
+        state = learner.adapt(p, episode.support_x, episode.support_y, key)
+        s = learner.predict(p, state, episode.query_x)
+        return distill(s, t, episode.query_y, teacher.temperature).mean()
+
+    kd, kd_grads = jax.value_and_grad(kd_part)(params)
+    a = teacher.weight
+    grads = jax.tree.map(lambda g, h: (1 - a) * g + a * h, ce_grads, kd_grads)
+    return (1 - a) * ce + a * kd, acc, grads
 
 
 def _check_chunks(batch: int, chunks, where: str = "") -> None:
@@ -118,13 +213,13 @@ def _check_chunks(batch: int, chunks, where: str = "") -> None:
         raise ValueError(f"meta-batch {batch}{where} is not divisible into {chunks} chunks")
 
 
-def _task_sums(learner: Learner, params, episodes: Episode, keys: jax.Array, chunks: int):
+def _task_sums(task, params, episodes: Episode, keys: jax.Array, chunks: int):
     """Summed ``(loss, accuracy, grads)`` of the tasks ``episodes [B, ...]`` with ``keys [B]``,
-    in ``chunks`` sequential groups (checked by the caller, :func:`_check_chunks`); group ``g``
-    holds tasks ``g, g + chunks, g + 2 chunks``...
+    ``task(params, episode, key)`` each, in ``chunks`` sequential groups (checked by the caller,
+    :func:`_check_chunks`); group ``g`` holds tasks ``g, g + chunks, g + 2 chunks``...
     """
     batch = episodes.query_y.shape[0]
-    per_task = jax.vmap(lambda e, k: task_loss_and_grad(learner, params, e, k))
+    per_task = jax.vmap(lambda e, k: task(params, e, k))
     if chunks == 1:
         return jax.tree.map(lambda x: x.sum(0), per_task(episodes, keys))
     group = batch // chunks
@@ -135,8 +230,7 @@ def _task_sums(learner: Learner, params, episodes: Episode, keys: jax.Array, chu
     def body(carry, chunk):
         eps, ks = chunk
         if group == 1:  # one task: no vmap (plain, unbatched matrix products)
-            loss, acc, grads = task_loss_and_grad(
-                learner, params, jax.tree.map(lambda x: x[0], eps), ks[0])
+            loss, acc, grads = task(params, jax.tree.map(lambda x: x[0], eps), ks[0])
             return jax.tree.map(jnp.add, carry, (loss, acc, grads)), None
         loss, acc, grads = per_task(eps, ks)
         return jax.tree.map(lambda c, g: c + g.sum(0), carry, (loss, acc, grads)), None
@@ -148,39 +242,48 @@ def _task_sums(learner: Learner, params, episodes: Episode, keys: jax.Array, chu
 
 def make_train_step(learner: Learner, optimizer: optax.GradientTransformation, sample, *,
                     chunks: int | None = None, steps_per_call: int = 1, mesh=None,
-                    batch: int = 1):
+                    batch: int = 1, teacher: Teacher | None = None):
     """``step(state, data) -> (state, metrics)``: ``steps_per_call`` meta-steps in one call.
 
     ``metrics`` holds ``loss``, ``accuracy`` and ``grad_norm`` arrays of shape
     ``[steps_per_call]``. ``chunks``: see :func:`meta_gradient` (``None`` or 0: the backend's
     default, one task per device at a time on CPU). Not jitted here: the caller decides
     (``jax.jit(step, donate_argnums=0)``).
+
+    ``teacher``: the student is distilled from it (:func:`distill_task_loss_and_grad`) and the
+    step is ``step(state, data, teacher_params)``: the teacher's parameters are an argument,
+    not a constant of the compiled program, and not part of ``state``.
     """
     check_divisible(batch, mesh)
 
-    def loss_and_grad(params, key, data):
+    def loss_and_grad(params, key, data, *teacher_params):
         k_sample, k_adapt = jax.random.split(key)
         episodes = shard_tasks(sample(k_sample, data), mesh)
-        return meta_gradient(learner, params, episodes, k_adapt, chunks=chunks, mesh=mesh)
+        return meta_gradient(learner, params, episodes, k_adapt, chunks=chunks, mesh=mesh,
+                             teacher=teacher,
+                             teacher_params=teacher_params[0] if teacher_params else None)
 
     return _repeated_steps(loss_and_grad, optimizer, steps_per_call)
 
 
 def _repeated_steps(loss_and_grad, optimizer, steps_per_call: int):
-    """``step(state, data)``: ``steps_per_call`` optimizer steps under ``lax.scan``, each with the
-    key ``fold_in(run_key, step)`` and ``loss_and_grad(params, key, data) -> (loss, acc, grads)``.
+    """``step(state, data, *extra)``: ``steps_per_call`` optimizer steps under ``lax.scan``, each
+    with the key ``fold_in(run_key, step)`` and
+    ``loss_and_grad(params, key, data, *extra) -> (loss, acc, grads)`` (``extra``: arguments
+    that are not trained, e.g. a teacher's parameters).
     """
 
-    def one_step(state: TrainState, data):
+    def one_step(state: TrainState, data, *extra):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-        loss, acc, grads = loss_and_grad(state.params, key, data)
+        loss, acc, grads = loss_and_grad(state.params, key, data, *extra)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state._replace(step=state.step + 1, params=params, opt_state=opt_state), \
             {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
 
-    def step(state: TrainState, data):
-        return jax.lax.scan(lambda s, _: one_step(s, data), state, None, length=steps_per_call)
+    def step(state: TrainState, data, *extra):
+        return jax.lax.scan(lambda s, _: one_step(s, data, *extra), state, None,
+                            length=steps_per_call)
 
     return step
 
