@@ -209,6 +209,31 @@ def test_threshold_flags_out_of_scope(files, trained):
         assert ("2 of 2 out-of-scope" in out) == flagged
 
 
+def test_classify_scores_a_labelled_file(files, trained):
+    """--label-column: the true labels are written beside the predictions, and the accuracy and
+    the out-of-scope counts printed are those of the written rows."""
+    rows = labelled_rows()[:8] + [("The judge adjourned the trial until May.", "law"),
+                                  ("Parliament passed the budget bill.", "politics")]
+    test_csv = write_csv(files["dir"] / "test.csv", rows)
+    out_file = files["dir"] / "scored.csv"
+    rc, out, err = cli(["text", "classify", str(trained[0]), str(test_csv), "--label-column",
+                        "label", "--threshold", "0.6", "--out", str(out_file)])
+    assert rc == 0, err
+    written = read_csv(out_file)
+    assert [r["true_label"] for r in written] == [label for _, label in rows]
+    known = written[:8]
+    acc = sum(r["label"] == r["true_label"] for r in known) / 8
+    flagged = sum(r["out_of_scope"] == "true" for r in known)
+    assert (f"accuracy on the 8 texts of the classifier's classes: {100 * acc:.1f}% "
+            f"({flagged} of them flagged out-of-scope, counted wrong)") in out
+    flagged = sum(r["out_of_scope"] == "true" for r in written[8:])
+    assert f"2 texts of other labels ('law', 'politics'): {flagged} flagged out-of-scope" in out
+    assert app.score_predictions([{"true_label": "a", "label": None, "out_of_scope": True}],
+                                 ["a", "b"]) == {
+        "known": 1, "accuracy": 0.0, "known_flagged": 1, "unknown": 0, "unknown_labels": [],
+        "unknown_flagged": 0}
+
+
 def test_saved_classifier_reproduces_the_in_process_logits(files, trained, tmp_path):
     """The same training in-process gives the classifier whose folder loads to the same logits,
     bit for bit; and the command line's folder holds that same classifier (same seed, same
@@ -410,6 +435,13 @@ def test_classify_bad_input(files, trained, tmp_path):
     assert rc == 2 and str(empty) in err and "no texts" in err
     rc, _, err = cli(["text", "classify", str(folder), str(files["new_csv"])])
     assert rc == 2 and "no column 'text'" in err and "'id', 'body'" in err
+    rc, _, err = cli(["text", "classify", str(folder), str(files["new_jsonl"]),
+                      "--label-column", "label"])
+    assert rc == 2 and str(files["new_jsonl"]) in err and "no key 'label'" in err
+    lines = tmp_path / "new.txt"
+    lines.write_text("\n".join(NEW))
+    rc, _, err = cli(["text", "classify", str(folder), str(lines), "--label-column", "label"])
+    assert rc == 2 and str(lines) in err and "CSV, TSV or JSONL" in err
     taken = tmp_path / "pred.csv"
     taken.write_text("mine")
     rc, _, err = cli(["text", "classify", str(folder), "--text", "hi", "--out", str(taken)])

@@ -15,7 +15,9 @@ folder (:func:`smallsample.text.classifier.save_classifier`: whole or not at all
 its ``info`` the inputs' sha256, the settings, the class counts and the teacher. Without a teacher
 the student is fine-tuned directly. :func:`classify_file` reads such a folder and writes one row
 per text: the label (empty when out-of-scope), the confidence, the out-of-scope flag and the three
-most likely classes. :func:`register` adds both as ``smallsample text train`` / ``classify``.
+most likely classes; given a column of true labels it also scores them
+(:func:`score_predictions`: accuracy on the known classes, texts of other labels flagged).
+:func:`register` adds both as ``smallsample text train`` / ``classify``.
 
 Files: labelled and unlabelled texts are CSV, TSV or JSON Lines, read by
 :func:`smallsample.data.tables.read_texts` with the columns named; unlabelled texts and texts to
@@ -563,9 +565,9 @@ def prediction_rows(prediction, texts: Sequence[str], labels: Sequence[str], *,
 
 def write_predictions(rows: Sequence[dict], path: str | os.PathLike) -> Path:
     """Writes :func:`prediction_rows` to a CSV / TSV (columns ``text, label, confidence,
-    out_of_scope, top1, p1, top2, p2, top3, p3``; an empty label when out-of-scope) or JSONL
-    file (``label`` null when out-of-scope; ``top`` a list of ``[label, probability]``),
-    atomically (a temporary file beside it, renamed)."""
+    out_of_scope, top1, p1, top2, p2, top3, p3`` and ``true_label`` when the rows have one; an
+    empty label when out-of-scope) or JSONL file (``label`` null when out-of-scope; ``top`` a
+    list of ``[label, probability]``), atomically (a temporary file beside it, renamed)."""
     path = Path(path)
     fmt = _output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -578,13 +580,16 @@ def write_predictions(rows: Sequence[dict], path: str | os.PathLike) -> Path:
                                        ensure_ascii=False) + "\n")
             else:
                 k = max((len(r["top"]) for r in rows), default=0)
+                truth = any("true_label" in r for r in rows)
                 w = csv.writer(f, delimiter="\t" if fmt == "tsv" else ",")
                 w.writerow(["text", "label", "confidence", "out_of_scope"] +
-                           [c for j in range(1, k + 1) for c in (f"top{j}", f"p{j}")])
+                           [c for j in range(1, k + 1) for c in (f"top{j}", f"p{j}")] +
+                           ["true_label"] * truth)
                 for r in rows:
                     w.writerow([r["text"], r["label"] or "", f"{r['confidence']:.6f}",
                                 str(r["out_of_scope"]).lower()] +
-                               [c for name, p in r["top"] for c in (name, f"{p:.6f}")])
+                               [c for name, p in r["top"] for c in (name, f"{p:.6f}")] +
+                               [r.get("true_label", "")] * truth)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -594,9 +599,10 @@ def write_predictions(rows: Sequence[dict], path: str | os.PathLike) -> Path:
 
 
 def classify_file(folder: str | os.PathLike, inputs: str | os.PathLike | Sequence[str], *,
-                  text_column: str = "text", out: str | os.PathLike | None = None,
-                  threshold: float | None = None, overwrite: bool = False,
-                  batch_size: int = 64, progress: bool = False) -> list[dict]:
+                  text_column: str = "text", label_column: str | None = None,
+                  out: str | os.PathLike | None = None, threshold: float | None = None,
+                  overwrite: bool = False, batch_size: int = 64,
+                  progress: bool = False) -> list[dict]:
     """Classifies texts with the classifier saved in ``folder``.
 
     Args:
@@ -605,6 +611,9 @@ def classify_file(folder: str | os.PathLike, inputs: str | os.PathLike | Sequenc
       inputs: a file (a path: ``.txt`` one text a line, or the ``text_column`` of a CSV, TSV or
         JSONL file) or the texts themselves (a list of strings).
       text_column: the column of the texts in a table.
+      label_column: a column of the table holding each text's true label (any string: a label
+        the classifier does not know marks a text that should be out-of-scope); each row then
+        has ``true_label`` too, for :func:`score_predictions`.
       out: a ``.csv``, ``.tsv`` or ``.jsonl`` file to write the rows to
         (:func:`write_predictions`); refused if it exists unless ``overwrite``, and never the
         input file.
@@ -632,9 +641,19 @@ def classify_file(folder: str | os.PathLike, inputs: str | os.PathLike | Sequenc
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; choose another file or pass --overwrite "
                                   f"(overwrite=True) to replace it")
+    if label_column is not None and (source is None or _is_lines(source)):
+        raise ValueError(f"label_column={label_column!r} needs a CSV, TSV or JSONL file of texts"
+                         f"{'' if source is None else f', not {source}'}")
+    if label_column is not None and label_column == text_column:
+        raise ValueError(f"text_column and label_column are both {text_column!r}")
     clf = load_classifier(folder)
+    truth = None
     if source is not None:
         texts = read_inputs(source, text_column=text_column)
+        if label_column is not None:
+            # the label column read as texts: every row, in order, one class or many
+            truth = [t.strip() for t in read_texts(source, text_column=label_column,
+                                                   label_column=None).texts]
     else:
         from smallsample.text.tokenize import check_texts  # noqa: PLC0415
 
@@ -645,9 +664,51 @@ def classify_file(folder: str | os.PathLike, inputs: str | os.PathLike | Sequenc
                              f"text {empty[0] + 1} of {len(texts)} is empty")
     pred = classify(clf, texts, threshold=threshold, batch_size=batch_size, progress=progress)
     rows = prediction_rows(pred, texts, clf.labels)
+    if truth is not None:
+        for r, t in zip(rows, truth, strict=True):
+            r["true_label"] = t
     if out is not None:
         write_predictions(rows, out)
     return rows
+
+
+def score_predictions(rows: Sequence[dict], labels: Sequence[str]) -> dict:
+    """How rows with a ``true_label`` (:func:`classify_file` with ``label_column``) fared.
+
+    Returns:
+      ``known``: texts whose true label is one of ``labels``; ``accuracy``: the fraction of
+      those whose label is right (out-of-scope counts as wrong; ``None`` without any);
+      ``known_flagged``: how many of those were flagged out-of-scope; ``unknown``: texts of
+      other labels (should be out-of-scope), ``unknown_labels`` their sorted labels,
+      ``unknown_flagged`` how many of them were flagged.
+    """
+    names = set(labels)
+    known = [r for r in rows if r["true_label"] in names]
+    unknown = [r for r in rows if r["true_label"] not in names]
+    return {
+        "known": len(known),
+        "accuracy": (sum(r["label"] == r["true_label"] for r in known) / len(known)
+                     if known else None),
+        "known_flagged": sum(r["out_of_scope"] for r in known),
+        "unknown": len(unknown),
+        "unknown_labels": sorted({r["true_label"] for r in unknown}),
+        "unknown_flagged": sum(r["out_of_scope"] for r in unknown),
+    }
+
+
+def format_score(score: dict) -> str:
+    """The lines ``smallsample text classify --label-column`` prints."""
+    lines = []
+    if score["known"]:
+        lines.append(f"accuracy on the {score['known']} texts of the classifier's classes: "
+                     f"{100 * score['accuracy']:.1f}% ({score['known_flagged']} of them flagged "
+                     "out-of-scope, counted wrong)")
+    if score["unknown"]:
+        shown = ", ".join(map(repr, score["unknown_labels"][:5]))
+        more = ", ..." if len(score["unknown_labels"]) > 5 else ""
+        lines.append(f"{score['unknown']} texts of other labels ({shown}{more}): "
+                     f"{score['unknown_flagged']} flagged out-of-scope")
+    return "\n".join(lines)
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -729,12 +790,16 @@ def cmd_classify(args) -> int:
         raise ValueError("give an input file or --text, not both" if args.input else
                          "nothing to classify: give an input file or --text \"...\"")
     rows = classify_file(args.folder, args.input if args.input is not None else args.text,
-                         text_column=args.text_column, out=args.out, threshold=args.threshold,
-                         overwrite=args.overwrite)
+                         text_column=args.text_column, label_column=args.label_column,
+                         out=args.out, threshold=args.threshold, overwrite=args.overwrite)
     print(format_rows(rows))
     oos = sum(r["out_of_scope"] for r in rows)
     if oos:
         print(f"{oos} of {len(rows)} out-of-scope")
+    if args.label_column is not None:
+        from smallsample.text.classifier import read_meta  # noqa: PLC0415
+
+        print(format_score(score_predictions(rows, read_meta(args.folder)["labels"])))
     if args.out:
         print(f"wrote {args.out}")
     return 0
@@ -794,6 +859,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="a text to classify (repeat for more)")
     c.add_argument("--text-column", default="text", metavar="NAME",
                    help="column of the texts (default text)")
+    c.add_argument("--label-column", default=None, metavar="NAME",
+                   help="a column of true labels: report the accuracy (a label the classifier "
+                   "does not know: the text should be out-of-scope)")
     c.add_argument("--out", default=None, metavar="FILE",
                    help="write the predictions (.csv, .tsv or .jsonl)")
     c.add_argument("--threshold", type=_fraction, default=None, metavar="P",
@@ -810,6 +878,7 @@ __all__ = [
     "classify_file",
     "drop_duplicates",
     "format_rows",
+    "format_score",
     "format_summary",
     "prediction_rows",
     "read_inputs",
@@ -817,6 +886,7 @@ __all__ = [
     "read_lines",
     "read_unlabelled",
     "register",
+    "score_predictions",
     "teacher_cache_dir",
     "train_classifier",
     "write_predictions",
