@@ -292,6 +292,21 @@ def test_no_teacher_fine_tunes_the_student(files, tmp_path):
     assert meta["encoder"]["config"]["num_hidden_layers"] == 1
 
 
+def test_the_example_files_pass_the_checks():
+    """examples/: the README's files read as the commands read them (no training here)."""
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    data = app.read_labelled(examples / "topics.csv")
+    assert data.class_names == ["business", "food", "health", "space", "sport"]
+    assert np.bincount(data.labels).tolist() == [6] * 5
+    unlabelled = app.read_unlabelled(examples / "topics_unlabelled.txt",
+                                     class_names=data.class_names)
+    assert 30 <= len(unlabelled) <= 60
+    assert app.drop_duplicates(unlabelled, data.texts)[1:] == (0, 0)
+    assert len(app.read_inputs(examples / "topics_new.txt")) == 6
+
+
 # --- bad input: exit code 2, the file and the value named, nothing written ---------------------
 
 def bad_train(tmp_path, labelled, *extra, expect):
