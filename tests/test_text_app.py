@@ -281,11 +281,16 @@ def test_no_teacher_fine_tunes_the_student(files, tmp_path):
     for flags in (["--teacher", "none"], ["--teacher", "None"]):
         assert p.parse_args(["text", "train", "x.csv", "--out", "o", *flags]).teacher is None
     folder = tmp_path / "plain"
+    body = write_csv(tmp_path / "body.csv", [(t, "food") for t in UNLABELLED[:3]],
+                     header=("body", "topic"))
     rc, out, err = cli(["text", "train", str(files["csv"]), "--out", str(folder),
+                        "--unlabelled", str(body), "--unlabelled-text-column", "body",
                         "--no-teacher", "--student", "all-MiniLM-L6-v2", "--student-layers",
                         "1", "--epochs", "1", "--threshold", "0.3", "--no-progress"])
     assert rc == 0, err
-    assert "no teacher" in out
+    assert "no teacher" in out and "the 3 unlabelled texts were not used" in out
+    info = json.loads((folder / "classifier.json").read_text())["info"]
+    assert info["inputs"]["unlabelled"]["text_column"] == "body"
     meta = json.loads((folder / "classifier.json").read_text())
     assert meta["threshold"] == 0.3 and meta["info"]["teacher"] is None
     assert meta["info"]["distilled_on"] is None
@@ -368,6 +373,10 @@ def test_labels_in_the_unlabelled_file(files, tmp_path):
     lines.write_text("".join(f"sport,{t}\n" for t in UNLABELLED[:4]))
     bad_train(tmp_path, files["csv"], "--unlabelled", str(lines),
               expect=[str(lines), "4 of 4 lines start with a label", "'sport'"])
+    # another column of texts: the option is named
+    body = write_csv(tmp_path / "body.csv", [(t,) for t in UNLABELLED[:4]], header=("body",))
+    bad_train(tmp_path, files["csv"], "--unlabelled", str(body),
+              expect=[str(body), "no column 'text'", "'body'", "--unlabelled-text-column"])
     # --unlabelled-text-column reads the texts alone
     assert app.read_unlabelled(other, class_names=["food", "sport"], texts_only=True) == \
         UNLABELLED[:4]

@@ -358,9 +358,15 @@ def train_classifier(labelled: str | os.PathLike, *, out: str | os.PathLike,
         if unlabelled_text_column is not None and _is_lines(unlabelled):
             raise ValueError(f"--unlabelled-text-column {unlabelled_text_column!r} names a "
                              f"column, but {unlabelled} is a text file of one text a line")
-        raw = read_unlabelled(unlabelled, text_column=unlabelled_text_column or text_column,
-                              label_column=label_column, class_names=names,
-                              texts_only=unlabelled_text_column is not None)
+        try:
+            raw = read_unlabelled(unlabelled, text_column=unlabelled_text_column or text_column,
+                                  label_column=label_column, class_names=names,
+                                  texts_only=unlabelled_text_column is not None)
+        except DataError as e:
+            if unlabelled_text_column is None and re.search(r": no (column|key) ", str(e)):
+                raise DataError(f"{e} (name its column of texts with --unlabelled-text-column)") \
+                    from None
+            raise
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             unl_texts, dropped["labelled"], dropped["repeats"] = drop_duplicates(
