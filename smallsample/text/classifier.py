@@ -145,7 +145,7 @@ def classify(classifier: TextClassifier, texts: Sequence[str], *, batch_size: in
     classes = probs.argmax(-1)
     conf = probs.max(-1) if len(probs) else np.zeros((0,))
     oos = conf < threshold if threshold is not None else np.zeros(len(conf), bool)
-    names = [None if o else classifier.labels[c] for c, o in zip(classes, oos)]
+    names = [None if o else classifier.labels[c] for c, o in zip(classes, oos, strict=True)]
     return Prediction(names, classes, conf, probs, oos)
 
 
