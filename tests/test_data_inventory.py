@@ -271,4 +271,5 @@ def test_prepared_tfds_sets_are_found_and_read(tmp_path, cache, capsys):
         shard.unlink()
     code, lines = run(["--tfds-dir", str(tfds_dir), "--verify", "--source", name], capsys)
     assert code == 1 and "FAILED: " in lines[name], lines[name]
-    assert "smallsample_inventory_tiny-test.array_record" in lines[name]  # the file it lacks
+    assert "cannot read its ArrayRecord files" in lines[name]  # a DataError, naming the file
+    assert "smallsample_inventory_tiny-test.array_record" in lines[name]

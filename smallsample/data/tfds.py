@@ -133,13 +133,24 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
-def _labels(source, label_key: str, tag: str, key: str, use_cache: bool) -> np.ndarray:
+def _records(source, indices: list[int], where: str) -> list:
+    """``source``'s records at ``indices``; a DataError naming the set when its files cannot be
+    read (array_record raises RuntimeError for a missing or damaged shard)."""
+    try:
+        return source.__getitems__(indices)
+    except (RuntimeError, OSError) as e:
+        raise DataError(f"{where}: cannot read its ArrayRecord files ({type(e).__name__}: {e}); "
+                        f"prepare the data set again") from e
+
+
+def _labels(source, label_key: str, tag: str, key: str, use_cache: bool,
+            where: str) -> np.ndarray:
     """int64 ``[num_records]``: the label of every record of the split (a pass over all)."""
 
     def fill(out: np.ndarray) -> dict:
         for start in range(0, len(source), READ_CHUNK):
             stop = min(start + READ_CHUNK, len(source))
-            for i, record in enumerate(source.__getitems__(list(range(start, stop)))):
+            for i, record in enumerate(_records(source, list(range(start, stop)), where)):
                 out[start + i] = int(record[label_key])
         return {}
 
@@ -216,7 +227,7 @@ def load_tfds(name: str | os.PathLike, *, split: str = "train",
     read = {"name": found.info.full_name, "split": split, "image_key": image_key,
             "label_key": label_key}
     labels = _labels(source, label_key, tag, files_key(data_files, base=root, options=read),
-                     use_cache)
+                     use_cache, where)
     names_all = list(label_feature.names)
     present = {int(c): np.flatnonzero(labels == c).tolist() for c in np.unique(labels)}
     if classes is None:
@@ -239,12 +250,13 @@ def load_tfds(name: str | os.PathLike, *, split: str = "train",
         if len(shape) == 3 and all(isinstance(s, int) for s in shape[:2]):
             hw = (int(shape[0]), int(shape[1]))
         else:
-            with Image.open(io.BytesIO(source[records[names_all[chosen[0]]][0]][image_key])) as im:
+            first = _records(source, [records[names_all[chosen[0]]][0]], where)[0]
+            with Image.open(io.BytesIO(first[image_key])) as im:
                 hw = (im.size[1], im.size[0])
     h, w = hw
 
     def decode(index: int) -> np.ndarray:
-        data = source[index][image_key]
+        data = _records(source, [index], where)[0][image_key]
         try:
             im = Image.open(io.BytesIO(data))
             if draft and size is not None and im.format == "JPEG":
