@@ -438,11 +438,17 @@ def cmd_data(args) -> int:
     if args.size is not None and args.size < 1:
         raise ValueError(f"--size {args.size} must be a positive number of pixels")
     root = data_root(args.data)
-    print(f"data folder: {root}")
     names = args.source or None
+    header = [f"data folder: {root}"]  # printed with the first line: not before a usage error
+
+    def report(status: Status) -> None:
+        while header:
+            print(header.pop())
+        print(status.line(), flush=True)
+
     statuses = inventory(root, names=names, path=args.path, tfds_dir=args.tfds_dir,
                          verify=args.verify, size=args.size, progress=not args.no_progress,
-                         report=lambda s: print(s.line(), flush=True))
+                         report=report)
     if not args.verify and any(s.state == "present" for s in statuses):
         print("(--verify reads each present source through the training loaders)")
     return exit_code(statuses, asked=names is not None)
