@@ -104,8 +104,8 @@ def make_index_sampler(num_classes: int, per_class: int, *, ways: int, shots: in
     key of ``keys [n]`` from a set of ``[num_classes, per_class, ...]``, as NumPy arrays with a
     leading ``[n]`` axis.
 
-    ``device``: where the drawing runs (default the first CPU device: the numbers are the same on
-    every backend, and the accelerator is left to training).
+    ``device``: where the drawing runs (default the first CPU device, leaving the accelerator to
+    training; JAX's threefry keys give the same bits on every backend).
 
     Raises:
       ValueError: the episode cannot be drawn from the set (naming the numbers).
@@ -218,7 +218,8 @@ def make_stream_sampler(*, shots: int, rotate: bool = False,
 def stream_batches(data: np.ndarray, run_key: jax.Array, *, start_step: int, steps_per_call: int,
                    meta_batch: int, ways: int, shots: int, queries: int, rotate: bool = False,
                    per_class: int | None = None, stop_step: int | None = None,
-                   prefetch: int = 1, device: jax.Device | None = None) -> Iterator[Gathered]:
+                   prefetch: int = 1,
+                   device: jax.Device | jax.sharding.Sharding | None = None) -> Iterator[Gathered]:
     """Yields, for each training call from ``start_step`` on, its episodes on ``device``:
     ``Gathered(x [steps_per_call, meta_batch, ways, shots + queries, ...], turns
     [steps_per_call, meta_batch, ways])``, drawn with the keys of :func:`step_keys` (so the same
@@ -233,7 +234,9 @@ def stream_batches(data: np.ndarray, run_key: jax.Array, *, start_step: int, ste
     Args:
       data: class-indexed ``[num_classes, per_class, ...]``, usually a ``np.memmap``.
       run_key: the run's key (``TrainState.key``, raw ``uint32`` data, or a typed key).
-      device: where the episodes go (default: the first local device).
+      device: where the episodes go: a device (default: the first local device) or a sharding,
+        e.g. ``NamedSharding(mesh, P(None, 'tasks'))`` to give each device of a task mesh its
+        share of the meta-batch.
     """
     if steps_per_call < 1 or meta_batch < 1 or prefetch < 1:
         raise ValueError(f"steps_per_call={steps_per_call}, meta_batch={meta_batch} and "
