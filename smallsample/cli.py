@@ -257,12 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("action", choices=["build", "status"])
     o.add_argument("--force", action="store_true", help="rebuild even if a verified build exists")
     o.set_defaults(func=cmd_onednn)
+
+    from smallsample.text import app as text_app  # noqa: PLC0415
+
+    text_app.register(sub)
     return p
 
 
 #: Commands that run JAX computations, and so get the process settings of
 #: :mod:`smallsample.runtime` (the others start faster without them).
-RUNTIME_COMMANDS = ("train", "eval", "episode", "bench")
+RUNTIME_COMMANDS = ("train", "eval", "episode", "bench", "text")
 
 
 def entry() -> int:
