@@ -118,47 +118,6 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_data(args) -> int:
-    from smallsample.data import omniglot  # noqa: PLC0415
-    from smallsample.data.files import DataError, data_root  # noqa: PLC0415
-
-    root = data_root(args.data)
-    print(f"data folder: {root}")
-    ok = True
-    for name in omniglot.UPSTREAM_FILES:
-        path = root / "omniglot" / name
-        status = f"{path.stat().st_size:>10,d} bytes" if path.exists() else "   missing"
-        print(f"  omniglot/{name:32s} {status}")
-        ok &= path.exists()
-    for part in ("train", "val", "test", "trainval"):
-        path = root / "omniglot" / "splits" / "vinyals" / f"{part}.txt"
-        print(f"  omniglot/splits/vinyals/{part + '.txt':16s} "
-              f"{'present' if path.exists() else 'missing'}")
-    for rel in ("text/clinc150/data_full.json", "text/banking77/train.csv",
-                "text/banking77/test.csv"):
-        print(f"  {rel:41s} {'present' if (root / rel).exists() else 'missing'}")
-    if args.verify:
-        print("verifying content (decodes every image; cached afterwards)...")
-        for which in omniglot.SETS:
-            try:
-                s = omniglot.load_set(which, root=root, download_missing=False)
-                print(f"  {which:18s} ok: {s.images.shape[0]} characters x "
-                      f"{s.images.shape[1]} drawings")
-            except DataError as e:
-                ok = False
-                print(f"  {which:18s} FAILED: {e}")
-        for split, parts in (("vinyals", ("train", "val", "test")), ("maml", ("train", "test"))):
-            for part in parts:
-                try:
-                    n = omniglot.load_split(split, part, root=root,
-                                            download_missing=False).num_classes
-                    print(f"  split {split}/{part}: {n} classes")
-                except DataError as e:
-                    ok = False
-                    print(f"  split {split}/{part} FAILED: {e}")
-    return 0 if ok else 1
-
-
 def cmd_plot(args) -> int:
     from smallsample.plots import plot_curves  # noqa: PLC0415
 
@@ -228,10 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arg(e)
     e.set_defaults(func=cmd_eval)
 
-    d = sub.add_parser("data", help="list (and with --verify check) the data files present")
-    d.add_argument("--verify", action="store_true")
-    _add_data_arg(d)
-    d.set_defaults(func=cmd_data)
+    from smallsample.data import inventory  # noqa: PLC0415
+
+    inventory.register(sub)
 
     pl = sub.add_parser("plot", help="learning curves of a run as a PNG")
     pl.add_argument("run_dir")

@@ -10,6 +10,7 @@ through ``config.teacher``, refusing it if its checkpoint has changed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -21,12 +22,16 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from smallsample.config import Config, resume_config
 from smallsample.data.files import atomic_write_bytes
+from smallsample.data.stream import make_stream_sampler, should_stream, stream_batches
 from smallsample.evaluate import Result, evaluate, make_eval_fn
 from smallsample.learners.base import Learner
 from smallsample.parallel import (
+    AXIS,
     auto_devices,
     episode_values,
     replicated,
@@ -231,11 +236,13 @@ class Trainer(NamedTuple):
 
 
 def build_trainer(config: Config, train_x: jax.Array, log=print,
-                  teacher: TeacherRun | None = None) -> Trainer:
+                  teacher: TeacherRun | None = None, streamed: bool = False) -> Trainer:
     """The learner, optimizer, sampler and jitted step of ``config`` for the class-indexed
     ``train_x``, and the initial state (``config.seed``). With ``config.teacher``, the student
     is distilled from ``teacher`` (default: :func:`load_teacher`); its parameters are passed to
-    the jitted step at each call, the state holds the student alone."""
+    the jitted step at each call, the state holds the student alone. ``streamed``: the step
+    takes one call's episodes gathered on the host (:mod:`smallsample.data.stream`) instead of
+    ``train_x`` (episodic learners only)."""
     optimizer = build_optimizer(config)
     augment = None
     if config.augment:
@@ -252,9 +259,14 @@ def build_trainer(config: Config, train_x: jax.Array, log=print,
     else:
         ways = config.effective_train_ways
         learner = build_learner(config, ways=ways)
-        sample = make_sampler(meta_batch=config.meta_batch, ways=ways,
-                              shots=config.effective_train_shots, queries=config.train_queries,
-                              rotate=config.rotate, per_class=per_class, augment=augment)
+        if streamed:
+            sample = make_stream_sampler(shots=config.effective_train_shots,
+                                         rotate=config.rotate, augment=augment)
+        else:
+            sample = make_sampler(meta_batch=config.meta_batch, ways=ways,
+                                  shots=config.effective_train_shots,
+                                  queries=config.train_queries, rotate=config.rotate,
+                                  per_class=per_class, augment=augment)
         devices = train_devices(config, train_x.shape[2:])
         if devices > 1:
             mesh = task_mesh(jax.local_devices()[:devices])
@@ -264,7 +276,8 @@ def build_trainer(config: Config, train_x: jax.Array, log=print,
             teacher = load_teacher(config, train_x.shape[2:])
         step = make_train_step(learner, optimizer, sample, chunks=config.chunks,
                                steps_per_call=spc, batch=config.meta_batch, mesh=mesh,
-                               teacher=teacher.teacher if config.teacher else None)
+                               teacher=teacher.teacher if config.teacher else None,
+                               streamed=streamed)
         tasks = config.meta_batch
     example = jnp.zeros((2,) + train_x.shape[2:], jnp.float32)
     state = init_state(learner, optimizer, example, config.seed)
@@ -381,18 +394,25 @@ def _train_and_evaluate(config: Config, run_dir: Path, resume: bool, progress: b
                         log) -> RunResult:
     config = open_run(config, run_dir, resume=resume, log=log)
     data = data if data is not None else load_data(config)
-    train_x = jnp.asarray(data["train"])
+    train_x = data["train"]
+    # a memory-mapped (or large) set stays on the host: each call's episodes are gathered from
+    # it and streamed (smallsample.data.stream); pre-training draws from the set on the device
+    streamed = should_stream(train_x) and not is_pretrained(config)
+    if not streamed:
+        train_x = jnp.asarray(train_x)
     teacher = None
     if config.teacher:  # found again from the config on resume, and checked
         teacher = load_teacher(config, train_x.shape[2:])
         check_teacher_record(run_dir, config, teacher, resume=resume)
-    trainer = build_trainer(config, train_x, log=log, teacher=teacher)
+    trainer = build_trainer(config, train_x, log=log, teacher=teacher, streamed=streamed)
     state, best_val = trainer.state, -1.0
     if resume:
         state, best_val = restore(run_dir, state, config, log=log)
         _write_json(run_dir / "config.json", json.loads(config.to_json()))
     if trainer.mesh is not None:  # replicated on every device; evaluation runs on the first
-        state, train_x = jax.device_put((state, train_x), replicated(trainer.mesh))
+        state = jax.device_put(state, replicated(trainer.mesh))
+        if not streamed:
+            train_x = jax.device_put(train_x, replicated(trainer.mesh))
     eval_learner = build_learner(config, ways=config.ways, test=True)
     eval_fn = make_eval_fn(eval_learner)
     validating = bool(config.val_part and "val" in data and config.val_episodes)
@@ -403,12 +423,23 @@ def _train_and_evaluate(config: Config, run_dir: Path, resume: bool, progress: b
 
         bar = tqdm(total=config.steps, initial=int(state.step), unit="step", dynamic_ncols=True)
     spc, step = config.call_steps, int(state.step)  # the step is tracked on the host
+    batches = None
+    if streamed:  # from this step on: a resumed run gets the episodes it would have had
+        batches = stream_batches(
+            train_x, np.asarray(state.key), start_step=step, stop_step=config.steps,
+            steps_per_call=spc, meta_batch=config.meta_batch, ways=config.effective_train_ways,
+            shots=config.effective_train_shots, queries=config.train_queries,
+            rotate=config.rotate, per_class=config.per_class or None,
+            device=None if trainer.mesh is None else NamedSharding(trainer.mesh, P(None, AXIS)))
+        log(f"training episodes streamed from the host ({type(train_x).__name__} "
+            f"{train_x.shape}, {train_x.nbytes / 2**30:.1f} GiB)")
     t0 = t_last = time.perf_counter()
     step_last, val = step, None
-    with open(run_dir / "metrics.jsonl", "a") as f:
+    with open(run_dir / "metrics.jsonl", "a") as f, \
+            contextlib.closing(batches) if streamed else contextlib.nullcontext():
         metrics = _Metrics(f, config, bar)
         while step < config.steps:
-            state, m = trainer.step(state, train_x)
+            state, m = trainer.step(state, next(batches) if streamed else train_x)
             step += spc
             now = time.perf_counter()
             metrics.add(step, m, trainer.tasks_per_step * (step - step_last)

@@ -242,7 +242,7 @@ def _task_sums(task, params, episodes: Episode, keys: jax.Array, chunks: int):
 
 def make_train_step(learner: Learner, optimizer: optax.GradientTransformation, sample, *,
                     chunks: int | None = None, steps_per_call: int = 1, mesh=None,
-                    batch: int = 1, teacher: Teacher | None = None):
+                    batch: int = 1, teacher: Teacher | None = None, streamed: bool = False):
     """``step(state, data) -> (state, metrics)``: ``steps_per_call`` meta-steps in one call.
 
     ``metrics`` holds ``loss``, ``accuracy`` and ``grad_norm`` arrays of shape
@@ -253,6 +253,12 @@ def make_train_step(learner: Learner, optimizer: optax.GradientTransformation, s
     ``teacher``: the student is distilled from it (:func:`distill_task_loss_and_grad`) and the
     step is ``step(state, data, teacher_params)``: the teacher's parameters are an argument,
     not a constant of the compiled program, and not part of ``state``.
+
+    ``streamed``: ``data`` is not the class-indexed set but one call's episodes gathered on the
+    host (:func:`smallsample.data.stream.stream_batches`, leading axis ``[steps_per_call]``),
+    step ``i`` of the call gets ``data[i]``, and ``sample`` is
+    :func:`smallsample.data.stream.make_stream_sampler`'s: the same episodes as the device
+    sampler's for the same keys, without the whole set on the device.
     """
     check_divisible(batch, mesh)
 
@@ -263,10 +269,10 @@ def make_train_step(learner: Learner, optimizer: optax.GradientTransformation, s
                              teacher=teacher,
                              teacher_params=teacher_params[0] if teacher_params else None)
 
-    return _repeated_steps(loss_and_grad, optimizer, steps_per_call)
+    return _repeated_steps(loss_and_grad, optimizer, steps_per_call, streamed=streamed)
 
 
-def _repeated_steps(loss_and_grad, optimizer, steps_per_call: int):
+def _repeated_steps(loss_and_grad, optimizer, steps_per_call: int, streamed: bool = False):
     """``step(state, data, *extra)``: ``steps_per_call`` optimizer steps under ``lax.scan``, each
     with the key ``fold_in(run_key, step)`` and
     ``loss_and_grad(params, key, data, *extra) -> (loss, acc, grads)`` (``extra``: arguments
@@ -282,6 +288,8 @@ def _repeated_steps(loss_and_grad, optimizer, steps_per_call: int):
             {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
 
     def step(state: TrainState, data, *extra):
+        if streamed:  # data: [steps_per_call, ...], one step's episodes per iteration
+            return jax.lax.scan(lambda s, d: one_step(s, d, *extra), state, data)
         return jax.lax.scan(lambda s, _: one_step(s, data, *extra), state, None,
                             length=steps_per_call)
 
