@@ -111,14 +111,20 @@ def run_cell(name, shots, seed, args, encoders, results):
     print(f"  frozen prototypes: teacher {cell['teacher_frozen_prototypes']:.4f}, student "
           f"{cell['student_frozen_prototypes']:.4f}", flush=True)
 
-    teacher, secs, rss = stage(dt.finetune_classifier, k_teacher, teacher_enc, texts, y,
+    recipe = {"ce": dt.finetune_classifier,
+              "pairs": dt.contrastive_finetune_classifier}[args.teacher_recipe]
+    teacher, secs, rss = stage(recipe, k_teacher, teacher_enc, texts, y,
                                label_names=names, epochs=args.teacher_epochs,
                                batch_size=args.teacher_batch, learning_rate=args.teacher_lr,
                                accumulate=args.accumulate, progress=args.progress)
     t_test = predict_logits(teacher, test_texts)
     cell["teacher"] = {"accuracy": float((t_test.argmax(-1) == test_y).mean()),
                        "train_seconds": secs, "peak_rss_mb": rss}
-    print(f"  teacher: {cell['teacher']['accuracy']:.4f} ({secs:.0f} s, {rss:.0f} MB)", flush=True)
+    cell["teacher"]["recipe"] = args.teacher_recipe
+    print(f"  teacher ({args.teacher_recipe}): {cell['teacher']['accuracy']:.4f} ({secs:.0f} s, "
+          f"{rss:.0f} MB)", flush=True)
+    if args.teacher_only:
+        return cell
     logits, secs, rss = stage(dt.teacher_logits, teacher, texts + unl,
                               cache_dir=args.cache_dir / "teacher", progress=args.progress)
     cell["teacher_logits"] = {"seconds": secs, "peak_rss_mb": rss}
@@ -181,6 +187,10 @@ MODELS = ("teacher_frozen_prototypes", "student_frozen_prototypes", "teacher", "
 
 
 def table(results, small: int) -> str:
+    if any("L6_distilled" not in c for c in results["cells"]):
+        return "\n".join(f"| {c['dataset']} | {c['shots']} | {c['seed']} | "
+                         f"{c['teacher']['recipe']} | {100 * c['teacher']['accuracy']:.2f} | "
+                         f"{c['teacher']['train_seconds']:.0f} s |" for c in results["cells"])
     rows = ["| data set | K | seeds | " + " | ".join(m.replace("LS", f"L{small}") for m in MODELS)
             + " |", "|" + " --- |" * (3 + len(MODELS))]
     groups = {}
@@ -223,6 +233,11 @@ def main() -> None:
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--teacher-batch", type=int, default=16)
     p.add_argument("--teacher-lr", type=float, default=2e-5)
+    p.add_argument("--teacher-recipe", choices=["ce", "pairs"], default="ce",
+                   help="ce: encoder + head on cross-entropy; pairs: SetFit's pair objective, "
+                        "then a head on the tuned embeddings")
+    p.add_argument("--teacher-only", action="store_true",
+                   help="stop each cell after the teacher (to compare recipes)")
     p.add_argument("--student-epochs", type=int, default=2)
     p.add_argument("--student-batch", type=int, default=32)
     p.add_argument("--student-lr", type=float, default=1e-4)

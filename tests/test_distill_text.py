@@ -300,3 +300,67 @@ def test_non_finite_classifier_is_not_written(tiny, tmp_path):
         save_classifier(TextClassifier(tiny, {"kernel": jnp.zeros((16, 3)),
                                               "bias": jnp.zeros(3)}, NAMES, threshold=2.0),
                         tmp_path / "bad")
+
+
+def test_pair_cosine_loss_matches_numpy():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(7, 5))
+    y = np.array([0, 0, 1, 1, 2, 2, 0])
+    w = np.array([1, 1, 1, 1, 1, 1, 0.0])
+    got = float(dt.pair_cosine_loss(jnp.asarray(z, jnp.float32), jnp.asarray(y),
+                                    jnp.asarray(w, jnp.float32)))
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    pos, neg = [], []
+    for i in range(7):
+        for j in range(i + 1, 7):
+            if w[i] and w[j]:
+                c = zn[i] @ zn[j]
+                (pos if y[i] == y[j] else neg).append((c - (y[i] == y[j])) ** 2)
+    np.testing.assert_allclose(got, 0.5 * (np.mean(pos) + np.mean(neg)), rtol=1e-5)
+
+
+def test_pair_batches_hold_two_of_each_class():
+    y = np.array([0] * 5 + [1] * 4 + [2] * 3 + [3] * 2)
+    batches = dt._pair_batches(jax.random.key(0), y, batch_size=4, epochs=2)
+    seen = set()
+    for b in batches:
+        assert len(b) in (2, 4)
+        for i in range(0, len(b), 2):
+            assert y[b[i]] == y[b[i + 1]] and b[i] != b[i + 1]
+        seen |= set(b.tolist())
+    assert seen == set(range(len(y)))
+
+
+def test_fit_head_reaches_the_logistic_regression_optimum():
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(30, 4))
+    y = rng.integers(0, 3, 30)
+    head = dt.fit_head(z, y, num_classes=3, scale=2.0, steps=2000, learning_rate=3e-2)
+
+    def nll(flat):
+        w, b = flat[:12].reshape(4, 3), flat[12:]
+        s = 2.0 * (z @ w + b)
+        return -np.mean(_np_log_softmax(s)[np.arange(30), y])
+
+    best = minimize(nll, np.zeros(15), method="BFGS").fun
+    ours = nll(np.concatenate([np.ravel(head["kernel"]), np.ravel(head["bias"])]).astype(float))
+    assert ours < best + 1e-3, (ours, best)
+
+
+def test_contrastive_finetune_fits_the_labels(tiny):
+    clf = dt.contrastive_finetune_classifier(jax.random.key(0), tiny, TEXTS, LABELS,
+                                             label_names=NAMES, epochs=40, batch_size=6,
+                                             learning_rate=3e-3, scale=10.0)
+    assert dt.accuracy(clf, TEXTS, LABELS) == 1.0
+    from smallsample.text import encode
+
+    z0 = encode(TEXTS, encoder=tiny, progress=False)
+    z1 = encode(TEXTS, encoder=clf.encoder, progress=False)
+    w = jnp.ones(9)
+    assert float(dt.pair_cosine_loss(jnp.asarray(z1), jnp.asarray(LABELS), w)) < 0.5 * float(
+        dt.pair_cosine_loss(jnp.asarray(z0), jnp.asarray(LABELS), w))
+    with pytest.raises(ValueError, match="2 texts per class"):
+        dt.contrastive_finetune_classifier(jax.random.key(0), tiny, TEXTS[:7], LABELS[:7],
+                                           label_names=NAMES)

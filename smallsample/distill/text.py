@@ -257,6 +257,150 @@ def finetune_classifier(key: jax.Array, encoder: SentenceEncoder, texts: Sequenc
     return TextClassifier(encoder._replace(params=params), head, label_names, float(scale))
 
 
+def pair_cosine_loss(z: jax.Array, labels: jax.Array, weight: jax.Array) -> jax.Array:
+    """SetFit's objective on every pair of a batch (Tunstall et al. 2022, sentence-transformers'
+    ``CosineSimilarityLoss``): ``(cos(z_i, z_j) - 1[y_i = y_j])^2``, averaged over the positive
+    pairs and over the negative pairs separately, then the two averages (SetFit draws as many
+    positive as negative pairs). Pairs with a weight-0 row are left out.
+
+    Shapes: ``z [n, dim]``, labels ``[n]`` int, weight ``[n]``.
+    """
+    zn = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    cos = zn @ zn.T
+    n = z.shape[0]
+    valid = (weight[:, None] > 0) & (weight[None, :] > 0) & (jnp.arange(n)[:, None]
+                                                             < jnp.arange(n)[None, :])
+    same = labels[:, None] == labels[None, :]
+    pos, neg = valid & same, valid & ~same
+    pos_loss = jnp.sum(jnp.where(pos, (cos - 1.0) ** 2, 0.0)) / jnp.maximum(jnp.sum(pos), 1)
+    neg_loss = jnp.sum(jnp.where(neg, cos ** 2, 0.0)) / jnp.maximum(jnp.sum(neg), 1)
+    return 0.5 * (pos_loss + neg_loss)
+
+
+def _pair_batches(key: jax.Array, labels: np.ndarray, *, batch_size: int,
+                  epochs: int) -> list[np.ndarray]:
+    """Batches of ``batch_size // 2`` classes with two texts each (so every batch has positive
+    pairs): per pass, each class's texts shuffled and paired (an odd one out is paired with
+    another of its class), the pairs shuffled and grouped."""
+    out = []
+    for e in range(epochs):
+        k_class, k_order = jax.random.split(jax.random.fold_in(key, e))
+        pairs = []
+        for c in np.unique(labels):
+            rows = np.flatnonzero(labels == c)
+            rows = rows[np.asarray(jax.random.permutation(
+                jax.random.fold_in(k_class, int(c)), len(rows)))]
+            if len(rows) < 2:
+                continue
+            if len(rows) % 2:
+                rows = np.append(rows, rows[0])
+            pairs += [rows[i:i + 2] for i in range(0, len(rows), 2)]
+        order = np.asarray(jax.random.permutation(k_order, len(pairs)))
+        per = max(1, batch_size // 2)
+        for i in range(0, len(order), per):
+            out.append(np.concatenate([pairs[j] for j in order[i:i + per]]))
+    return out
+
+
+def fit_head(z: np.ndarray, labels: np.ndarray, *, num_classes: int, scale: float,
+             steps: int = 300, learning_rate: float = 1e-2) -> dict[str, jax.Array]:
+    """A linear head on fixed embeddings ``z [n, dim]``: started at the class prototypes, then
+    ``steps`` full-batch Adam steps on the cross-entropy of ``scale * (z W + b)`` (a multinomial
+    logistic regression, as SetFit fits on its tuned embeddings)."""
+    z = jnp.asarray(z, jnp.float32)
+    y = jnp.asarray(labels, jnp.int32)
+    c = jax.ops.segment_sum(z, y, num_classes) / jnp.maximum(
+        jnp.bincount(y, length=num_classes), 1)[:, None]
+    head = {"kernel": 2.0 * c.T, "bias": -jnp.sum(c * c, -1)}
+    opt = optax.adam(learning_rate)
+
+    def loss(h):
+        return optax.softmax_cross_entropy_with_integer_labels(
+            head_logits(h, z, scale=scale), y).mean()
+
+    def body(carry, _):
+        h, st = carry
+        u, st = opt.update(jax.grad(loss)(h), st, h)
+        return (optax.apply_updates(h, u), st), None
+
+    (head, _), _ = jax.lax.scan(body, (head, opt.init(head)), None, length=steps)
+    return head
+
+
+def contrastive_finetune_classifier(key: jax.Array, encoder: SentenceEncoder,
+                                    texts: Sequence[str], labels: Sequence[int] | np.ndarray, *,
+                                    label_names: Sequence[str], epochs: int = 4,
+                                    batch_size: int = 16, learning_rate: float = 2e-5,
+                                    scale: float = 20.0, weight_decay: float = 0.01,
+                                    warmup: float = 0.1, accumulate: int = 1,
+                                    progress: bool = False) -> TextClassifier:
+    """SetFit's recipe in mini-batches: the encoder tuned on pairs of labelled texts
+    (:func:`pair_cosine_loss`: same class -> cosine 1, different -> 0; every pair of a batch of
+    ``batch_size // 2`` classes x 2 texts), then a head fitted on the tuned embeddings
+    (:func:`fit_head`). Arguments as in :func:`finetune_classifier`; classes need 2 texts."""
+    texts = check_texts(texts)
+    label_names = tuple(str(x) for x in label_names)
+    if len(label_names) < 2:
+        raise ValueError(f"need at least 2 classes, got {list(label_names)}")
+    y = _labels(labels, len(texts), len(label_names), "contrastive_finetune_classifier")
+    counts = np.bincount(y, minlength=len(label_names))
+    if np.any(counts < 2):
+        raise ValueError(f"contrastive fine-tuning needs 2 texts per class; class "
+                         f"{label_names[int(np.argmin(counts))]!r} has {int(counts.min())}")
+    epochs = _check_int("epochs", epochs, 0)
+    batch_size = _check_int("batch_size", batch_size, 2)
+    accumulate = _check_int("accumulate", accumulate, 1)
+    _check_float("learning_rate", learning_rate)
+    _check_float("scale", scale)
+    _check_float("weight_decay", weight_decay, low_open=False)
+    _check_float("warmup", warmup, high=1.0, low_open=False)
+    ids = [e.ids for e in encoder.tokenizer.encode_batch(texts)]
+    order = _pair_batches(key, y, batch_size=batch_size, epochs=epochs)
+    width = max(len(b) for b in order) if order else 2
+    steps = max(1, len(order) // accumulate)
+    w = int(round(warmup * steps))
+    decay = optax.linear_schedule(learning_rate, 0.0, max(1, steps - w))
+    lr = decay if w == 0 else optax.join_schedules(
+        [optax.linear_schedule(0.0, learning_rate, w), decay], [w])
+    opt = optax.adamw(lr, weight_decay=weight_decay)
+    opt = optax.MultiSteps(opt, every_k_schedule=accumulate) if accumulate > 1 else opt
+    config, pooling, normalize = encoder.config, encoder.pooling, encoder.normalize
+
+    def loss_fn(p, input_ids, mask, yb, weight):
+        z = pretrained.sentence_embedding(p, input_ids, mask, config=config, pooling=pooling,
+                                          normalize=normalize)
+        return pair_cosine_loss(z, yb, weight)
+
+    @jax.jit
+    def step(p, state, input_ids, mask, yb, weight):
+        loss, grads = jax.value_and_grad(loss_fn)(p, input_ids, mask, yb, weight)
+        updates, state = opt.update(grads, state, p)
+        return optax.apply_updates(p, updates), state, loss
+
+    from tqdm.auto import tqdm
+
+    params, state = encoder.params, opt.init(encoder.params)
+    losses = []
+    for rows in tqdm(order, desc="pairs", unit="batch", disable=not progress):
+        full = np.concatenate([rows, np.full(width - len(rows), rows[0])])
+        batch = pad_ids([ids[r] for r in full], buckets=encoder.buckets,
+                        pad_id=config.pad_token_id)
+        weight = (np.arange(width) < len(rows)).astype(np.float32)
+        params, state, loss = step(params, state, batch.input_ids, batch.attention_mask,
+                                   y[full], weight)
+        losses.append(loss)
+    losses = np.asarray(jax.device_get(losses), np.float64)
+    if losses.size and not np.all(np.isfinite(losses)):
+        raise FloatingPointError("contrastive fine-tuning: the loss became non-finite; lower "
+                                 "the learning rate")
+    tuned = encoder._replace(params=params)
+    from smallsample.text.encode import encode
+
+    z = encode(texts, encoder=tuned, progress=False)
+    head = fit_head(z, y, num_classes=len(label_names), scale=scale)
+    return TextClassifier(tuned, head, label_names, float(scale))
+
+
 def classifier_fingerprint(classifier: TextClassifier) -> str:
     """sha256 over everything that changes a classifier's logits: the encoder's architecture,
     pooling, tokenizer and maximum length, every parameter's bytes, the head and the scale."""
@@ -374,8 +518,11 @@ __all__ = [
     "batch_loss",
     "check_same_tokenizer",
     "classifier_fingerprint",
+    "contrastive_finetune_classifier",
     "distill_classifier",
     "finetune_classifier",
+    "fit_head",
+    "pair_cosine_loss",
     "prototype_head",
     "teacher_logits",
 ]
