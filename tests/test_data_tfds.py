@@ -286,7 +286,8 @@ def _omniglot_dir() -> Path:
     where = os.environ.get("SMALLSAMPLE_TFDS_DIR")
     if not where or not (Path(where) / "omniglot" / "3.0.0" / "dataset_info.json").is_file():
         pytest.skip("TFDS omniglot 3.0.0 is not prepared: set SMALLSAMPLE_TFDS_DIR to a TFDS "
-                    "data folder holding it in array_record format (preparing needs TensorFlow)")
+                    "data folder holding it in array_record format (preparing needs TensorFlow; "
+                    "offline: docs/data.md, TensorFlow Datasets)")
     return Path(where)
 
 
@@ -304,8 +305,9 @@ def test_tfds_omniglot_equals_our_loader(split, which, data_dir, cache):
     """
     from smallsample.data.omniglot import load_set
 
+    tfds_dir = _omniglot_dir()  # skips before the slow part when TFDS omniglot is not there
     ours = load_set(which, size=105, root=data_dir)
-    theirs = load_tfds("omniglot", data_dir=_omniglot_dir(), split=split, channels=1)
+    theirs = load_tfds("omniglot", data_dir=tfds_dir, split=split, channels=1)
     # every class has exactly its 20 drawings (not 20 drawn from more), at the size as shipped
     assert theirs.counts.tolist() == [20] * len(ours.names)
     assert theirs.images.shape == ours.images.shape
