@@ -88,11 +88,12 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
-        """The config as JSON. The distillation settings are written only when a teacher is set:
-        a run without one has the same config (and checkpoint header) as before they existed,
-        so such runs resume, and :meth:`from_json` fills them in with their defaults."""
+        """The config as JSON. The distillation settings are left out while they all have their
+        defaults (no teacher): a run without one has the same config (and checkpoint header) as
+        before they existed, so such runs resume, and :meth:`from_json` fills them in."""
         values = dataclasses.asdict(self)
-        if not self.teacher:
+        default = Config()
+        if all(getattr(self, name) == getattr(default, name) for name in DISTILL_FIELDS):
             for name in DISTILL_FIELDS:
                 values.pop(name)
         return json.dumps(values, indent=2, sort_keys=True)

@@ -169,9 +169,10 @@ def test_config_without_teacher_is_written_as_before():
     keys = json.loads(TINY.to_json())
     assert not {"teacher", "distill_weight", "distill_temperature", "distill_loss"} & set(keys)
     assert Config.from_json(TINY.to_json()) == TINY
-    with_teacher = TINY.replace(teacher="runs/t", **DISTILLED)
-    assert json.loads(with_teacher.to_json())["distill_weight"] == 0.7
-    assert Config.from_json(with_teacher.to_json()) == with_teacher
+    for changed in (TINY.replace(teacher="runs/t", **DISTILLED), TINY.replace(distill_weight=0.7),
+                    TINY.replace(distill_loss="dkd")):
+        assert len(set(json.loads(changed.to_json())) - set(keys)) == 4
+        assert Config.from_json(changed.to_json()) == changed
 
 
 # ------------------------------------------------------------------ runs, folders and errors
