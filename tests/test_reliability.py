@@ -193,7 +193,7 @@ def _folder_data(root: Path) -> Path:
     for c in range(14):
         (root / f"c{c:02d}").mkdir(parents=True)
         for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (10, 10), dtype=np.uint8)).save(
+            Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(
                 root / f"c{c:02d}" / f"{i}.png")
     return root
 
@@ -201,7 +201,7 @@ def _folder_data(root: Path) -> Path:
 def _train_cmd(data: Path, run: Path, *extra):
     preset = [] if "--resume" in extra else ["quickstart"]  # a resumed run has its own config
     return [sys.executable, "-m", "smallsample", "train", *preset, "dataset=folder",
-            f"data_path={data}", "image_size=10", "ways=2", "train_ways=3", "shots=1",
+            f"data_path={data}", "image_size=16", "ways=2", "train_ways=3", "shots=1",
             "queries=1", "train_queries=2", "width=8", "steps=40", "steps_per_call=2",
             "log_every=2", "eval_every=10", "checkpoint_every=4", "val_episodes=4",
             "test_episodes=8", "--run-dir", str(run), "--no-progress", *extra]
@@ -235,6 +235,9 @@ def test_training_killed_at_several_moments_resumes_to_the_same_run(tmp_path):
     strip = lambda d: [{k: v for k, v in json.loads(x).items() if k != "tasks_per_s"}
                        for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert strip(tmp_path / "alone") == strip(run)
+    # the run trains: Conv-4 pools 16x16 to 1x1 (at 10x10 it pooled to nothing and every loss
+    # was ln 2)
+    assert np.ptp([m["loss"] for m in strip(run) if "loss" in m]) > 1e-3
     for x, y in zip(jax_leaves(load_params(tmp_path / "alone" / "checkpoint.msgpack")),
                     jax_leaves(load_params(run / "checkpoint.msgpack")), strict=True):
         np.testing.assert_array_equal(x, y)

@@ -29,10 +29,13 @@ RNG = np.random.default_rng(0)
 DATA = {"train": RNG.integers(0, 256, (10, 6, 8, 8, 1), dtype=np.uint8),
         "val": RNG.integers(0, 256, (6, 6, 8, 8, 1), dtype=np.uint8),
         "test": RNG.integers(0, 256, (6, 6, 8, 8, 1), dtype=np.uint8)}
+# whole runs use the config's Conv-4 (four poolings): 16x16 pools to 1x1 (8x8 pooled to nothing,
+# every logit 0, and a run that never moved passed its resume tests)
+RUN_DATA = {k: np.repeat(np.repeat(v, 2, axis=2), 2, axis=3) for k, v in DATA.items()}
 TINY = make_config(None, ["width=4", "ways=3", "shots=1", "queries=2", "train_queries=2",
                           "meta_batch=4", "steps=6", "steps_per_call=2", "log_every=2",
                           "eval_every=4", "checkpoint_every=2", "val_episodes=8",
-                          "test_episodes=10", "image_size=8"])
+                          "test_episodes=10", "image_size=16"])
 
 
 def tiny_learner():
@@ -136,7 +139,7 @@ def test_checkpoint_round_trip_and_failed_write_keeps_the_old_file(tmp_path):
 
 
 def test_train_writes_a_run_folder(tmp_path):
-    train_and_evaluate(TINY, tmp_path / "run", progress=False, data=DATA, log=lambda s: None)
+    train_and_evaluate(TINY, tmp_path / "run", progress=False, data=RUN_DATA, log=lambda s: None)
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert {"config.json", "metrics.jsonl", "checkpoint.msgpack", "results.json",
             "best.msgpack", "test_accuracies.npy"} <= set(names)
@@ -150,19 +153,19 @@ def test_train_writes_a_run_folder(tmp_path):
     accs = np.load(tmp_path / "run" / "test_accuracies.npy")
     assert res["test_accuracy"] == pytest.approx(mean_ci95(accs).mean)
     with pytest.raises(FileExistsError, match="already holds a run"):
-        train_and_evaluate(TINY, tmp_path / "run", progress=False, data=DATA)
+        train_and_evaluate(TINY, tmp_path / "run", progress=False, data=RUN_DATA)
 
 
 def test_a_run_saved_before_conv_bias_existed_resumes_with_its_biases(tmp_path):
     run = tmp_path / "old"
-    train_and_evaluate(TINY.replace(steps=2, conv_bias=True), run, progress=False, data=DATA,
+    train_and_evaluate(TINY.replace(steps=2, conv_bias=True), run, progress=False, data=RUN_DATA,
           log=lambda s: None)
     saved = json.loads((run / "config.json").read_text())
     del saved["conv_bias"]  # as written by a version without the setting
     (run / "config.json").write_text(json.dumps(saved))
     saved = Config.from_json((run / "config.json").read_text())
     out = train_and_evaluate(saved.replace(steps=4), run, resume=True, progress=False,
-                             data=DATA, log=lambda s: None)
+                             data=RUN_DATA, log=lambda s: None)
     assert out.steps == 4
     assert Config.from_json((run / "config.json").read_text()).conv_bias is True
     params = load_params(run / "checkpoint.msgpack")
@@ -170,12 +173,12 @@ def test_a_run_saved_before_conv_bias_existed_resumes_with_its_biases(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    full = train_and_evaluate(TINY, tmp_path / "full", progress=False, data=DATA,
+    full = train_and_evaluate(TINY, tmp_path / "full", progress=False, data=RUN_DATA,
                               log=lambda s: None)
-    train_and_evaluate(TINY.replace(steps=2), tmp_path / "split", progress=False, data=DATA,
+    train_and_evaluate(TINY.replace(steps=2), tmp_path / "split", progress=False, data=RUN_DATA,
           log=lambda s: None)
-    resumed = train_and_evaluate(TINY, tmp_path / "split", resume=True, progress=False, data=DATA,
-                    log=lambda s: None)
+    resumed = train_and_evaluate(TINY, tmp_path / "split", resume=True, progress=False,
+                                 data=RUN_DATA, log=lambda s: None)
     assert resumed.steps == full.steps == 6
     template = init_state(tiny_learner(), optax.adam(1e-3), jnp.zeros((2, 8, 8, 1)), 0)
     a = load_checkpoint(tmp_path / "full" / "checkpoint.msgpack", template)
@@ -184,6 +187,7 @@ def test_resume_continues_exactly(tmp_path):
     losses = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text()
                         .split("\n") if x and "loss" in x]
     np.testing.assert_allclose(losses(tmp_path / "full"), losses(tmp_path / "split"), rtol=1e-6)
+    assert np.ptp(losses(tmp_path / "full")) > 1e-3  # the run trains
 
 
 def test_augmentation_runs_inside_the_step():
@@ -220,19 +224,20 @@ def test_non_finite_loss_stops_the_run_and_is_never_checkpointed(tmp_path):
     cfg = TINY.replace(learner="maml", backbone="conv4-stride", meta_batch=2, lr=1e30, steps=8,
                        eval_every=8, checkpoint_every=2, log_every=2)
     with pytest.raises(FloatingPointError, match="non-finite in the 2 steps up to step 2"):
-        train_and_evaluate(cfg, tmp_path / "nan", progress=False, data=DATA, log=lambda s: None)
+        train_and_evaluate(cfg, tmp_path / "nan", progress=False, data=RUN_DATA, log=lambda s: None)
     assert not (tmp_path / "nan" / "checkpoint.msgpack").exists()
 
 
 def test_resume_refuses_a_change_that_would_change_the_run(tmp_path):
     run = tmp_path / "run"
-    train_and_evaluate(TINY.replace(steps=2), run, progress=False, data=DATA, log=lambda s: None)
+    train_and_evaluate(TINY.replace(steps=2), run, progress=False, data=RUN_DATA,
+                       log=lambda s: None)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     with pytest.raises(ValueError, match=r"cannot change lr \(0.001 -> 0.5\) when resuming"):
-        train_and_evaluate(TINY.replace(lr=0.5), run, resume=True, progress=False, data=DATA)
+        train_and_evaluate(TINY.replace(lr=0.5), run, resume=True, progress=False, data=RUN_DATA)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     out = train_and_evaluate(TINY.replace(steps=4, val_episodes=4), run, resume=True,
-                             progress=False, data=DATA, log=lambda s: None)
+                             progress=False, data=RUN_DATA, log=lambda s: None)
     assert out.steps == 4 and len(out.val.accuracies) == 4
 
 
@@ -250,7 +255,8 @@ def test_every_learner_trains_and_evaluates_through_one_loop(name, tmp_path):
     cfg = TINY.replace(learner=name, backbone="conv4-stride", steps=2, eval_every=2,
                        checkpoint_every=2, val_part="", test_episodes=4, meta_batch=2,
                        inner_lr=0.1, pretrain_batch=8)
-    result = train_and_evaluate(cfg, tmp_path / name, progress=False, data=DATA, log=lambda s: None)
+    result = train_and_evaluate(cfg, tmp_path / name, progress=False, data=RUN_DATA,
+                                log=lambda s: None)
     assert result.steps == 2 and len(result.test.accuracies) == 4
     learner, params, which = _restore(tmp_path / name, cfg, 3)
     assert which == "checkpoint.msgpack"
