@@ -130,3 +130,16 @@ def fixed_episodes(data: jax.Array, *, seed: int, num_episodes: int, ways: int, 
         in_axes=(0, None)))
     for start in range(0, num_episodes, batch):
         yield sample(keys[start:start + batch], data)
+
+
+def augment_episodes(key: jax.Array, episodes: Episode, augment) -> Episode:
+    """``augment(key, image)`` applied to every support and query image of a meta-batch of
+    episodes (``support_x``/``query_x`` ``[batch, n, H, W, C]``), one key per image."""
+    ks, kq = jax.random.split(key)
+
+    def apply(k, x):
+        keys = jax.random.split(k, x.shape[0] * x.shape[1]).reshape(x.shape[:2])
+        return jax.vmap(jax.vmap(augment))(keys, x)
+
+    return episodes._replace(support_x=apply(ks, episodes.support_x),
+                             query_x=apply(kq, episodes.query_x))

@@ -35,6 +35,7 @@ import numpy as np
 
 from smallsample.episodes import (
     Episode,
+    augment_episodes,
     check_episode_request,
     rotate_class,
     sample_episode,
@@ -201,16 +202,7 @@ def make_stream_sampler(*, shots: int, rotate: bool = False,
         _, k_aug = jax.random.split(key)
         episodes = jax.vmap(lambda x, t: assemble(x, t, shots=shots, rotate=rotate))(
             gathered.x, gathered.turns)
-        if augment is None:
-            return episodes
-        ks, kq = jax.random.split(k_aug)
-
-        def apply(k, x):  # x: [batch, n, H, W, C]; one key per image
-            keys = jax.random.split(k, x.shape[0] * x.shape[1]).reshape(x.shape[:2])
-            return jax.vmap(jax.vmap(augment))(keys, x)
-
-        return episodes._replace(support_x=apply(ks, episodes.support_x),
-                                 query_x=apply(kq, episodes.query_x))
+        return episodes if augment is None else augment_episodes(k_aug, episodes, augment)
 
     return sample
 

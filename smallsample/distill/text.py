@@ -72,6 +72,18 @@ def _labels(labels, n: int, num_classes: int, where: str) -> np.ndarray:
     return y.astype(np.int32)
 
 
+def _check_options(epochs, batch_size, accumulate, *, learning_rate, head_learning_rate,
+                   scale, weight_decay, warmup) -> tuple[int, int, int]:
+    """The training options every recipe shares, checked; returns the three ints."""
+    for name, v in (("learning_rate", learning_rate), ("head_learning_rate", head_learning_rate),
+                    ("scale", scale)):
+        _check_float(name, v)
+    _check_float("weight_decay", weight_decay, low_open=False)
+    _check_float("warmup", warmup, high=1.0, low_open=False)
+    return (_check_int("epochs", epochs, 0), _check_int("batch_size", batch_size, 1),
+            _check_int("accumulate", accumulate, 1))
+
+
 def check_same_tokenizer(a: SentenceEncoder, b: SentenceEncoder, *, where: str) -> None:
     """``ValueError`` naming both models unless ``a`` and ``b`` tokenise identically (same
     vocabulary, special tokens and normalisation), as token-level distillation and initialising
@@ -240,14 +252,10 @@ def finetune_classifier(key: jax.Array, encoder: SentenceEncoder, texts: Sequenc
     if len(label_names) < 2:
         raise ValueError(f"need at least 2 classes, got {list(label_names)}")
     y = _labels(labels, len(texts), len(label_names), "finetune_classifier")
-    epochs = _check_int("epochs", epochs, 0)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    accumulate = _check_int("accumulate", accumulate, 1)
-    for name, v in (("learning_rate", learning_rate), ("head_learning_rate", head_learning_rate),
-                    ("scale", scale)):
-        _check_float(name, v)
-    _check_float("weight_decay", weight_decay, low_open=False)
-    _check_float("warmup", warmup, high=1.0, low_open=False)
+    epochs, batch_size, accumulate = _check_options(
+        epochs, batch_size, accumulate, learning_rate=learning_rate,
+        head_learning_rate=head_learning_rate, scale=scale, weight_decay=weight_decay,
+        warmup=warmup)
     head = prototype_head(encoder, texts, y, num_classes=len(label_names))
     params, head, _ = _train(key, encoder, head, scale, texts, y, None, alpha=0.0,
                              temperature=1.0, epochs=epochs, batch_size=batch_size,
@@ -486,14 +494,10 @@ def distill_classifier(key: jax.Array, student: SentenceEncoder, texts: Sequence
                              f"then unlabelled), got {teacher_logits.shape}")
         if not np.all(np.isfinite(teacher_logits)):
             raise ValueError("teacher_logits has non-finite values")
-    epochs = _check_int("epochs", epochs, 0)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    accumulate = _check_int("accumulate", accumulate, 1)
-    for name, v in (("learning_rate", learning_rate), ("head_learning_rate", head_learning_rate),
-                    ("scale", scale)):
-        _check_float(name, v)
-    _check_float("weight_decay", weight_decay, low_open=False)
-    _check_float("warmup", warmup, high=1.0, low_open=False)
+    epochs, batch_size, accumulate = _check_options(
+        epochs, batch_size, accumulate, learning_rate=learning_rate,
+        head_learning_rate=head_learning_rate, scale=scale, weight_decay=weight_decay,
+        warmup=warmup)
     head = prototype_head(student, texts, y, num_classes=len(label_names))
     all_labels = np.concatenate([y, np.full(len(unlabelled_texts), -1, np.int32)])
     params, head, _ = _train(key, student, head, scale, texts + unlabelled_texts, all_labels,

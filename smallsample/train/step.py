@@ -30,7 +30,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec as P
 
 from smallsample.distill.logits import dkd_loss, kd_loss
-from smallsample.episodes import Episode, sample_meta_batch, to_float
+from smallsample.episodes import Episode, augment_episodes, sample_meta_batch, to_float
 from smallsample.learners.base import Learner, task_loss_and_grad
 from smallsample.parallel import AXIS, check_divisible, shard_tasks
 
@@ -54,16 +54,7 @@ def make_sampler(*, meta_batch: int, ways: int, shots: int, queries: int, rotate
         k_ep, k_aug = jax.random.split(key)
         episodes = sample_meta_batch(k_ep, data, batch=meta_batch, ways=ways, shots=shots,
                                      queries=queries, rotate=rotate, per_class=per_class)
-        if augment is None:
-            return episodes
-        ks, kq = jax.random.split(k_aug)
-
-        def apply(k, x):  # x: [batch, n, H, W, C]; one key per image
-            keys = jax.random.split(k, x.shape[0] * x.shape[1]).reshape(x.shape[:2])
-            return jax.vmap(jax.vmap(augment))(keys, x)
-
-        return episodes._replace(support_x=apply(ks, episodes.support_x),
-                                 query_x=apply(kq, episodes.query_x))
+        return episodes if augment is None else augment_episodes(k_aug, episodes, augment)
 
     return sample
 
