@@ -12,9 +12,10 @@ sentence-transformers, never this project's), on the model folder smallsample lo
 the model's own maximum length (256 and 384 tokens) and all cores. The summary gives each ratio
 and the largest difference between the two implementations' embeddings.
 
-``--padding`` adds, for smallsample, the same jitted model with every batch padded to the
-model's maximum length and to 128 tokens (what a fixed-length tokenizer setting gives), against
-the buckets (in the same process: its peak RSS is then that of all three).
+``--powers-of-two`` adds, for smallsample, the same jitted model with buckets at the powers of two
+only (16, 32, 64, ...: the default before 2026-12-07); ``--padding`` adds it with every batch
+padded to the model's maximum length and to 128 tokens (what a fixed-length tokenizer setting
+gives). Both run in the same process as the default buckets, whose peak RSS is then that of all.
 
     python benchmarks/bench_encoder.py --num 2000 --batch-size 64 --repeats 3 \
         --peer /tmp/stvenv/bin/python
@@ -88,6 +89,11 @@ def worker_ours(args, texts) -> list[dict]:
     load = time.perf_counter() - t0
     runs = {"bucketed": lambda: encode(texts, encoder=encoder, batch_size=args.batch_size,
                                        progress=False)}
+    if args.powers_of_two:
+        pow2 = tuple(b for b in (16, 32, 64, 128, 256) if b < encoder.max_length)
+        pow2_encoder = encoder._replace(buckets=pow2 + (encoder.max_length,))
+        runs["powers-of-two"] = lambda: encode(texts, encoder=pow2_encoder,
+                                               batch_size=args.batch_size, progress=False)
     if args.padding:
         for length in (encoder.max_length, 128):
             runs[f"fixed-{length}"] = (lambda n=length: fixed_length(
@@ -147,8 +153,9 @@ def spawn(python: str, impl: str, model: str, texts: Path, embeddings: Path, arg
     cmd = [python, *isolated, str(Path(__file__).resolve()), "--worker", impl, "--model", model,
            "--texts", str(texts), "--embeddings", str(embeddings),
            "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
-    if args.padding and impl == "ours":
-        cmd.append("--padding")
+    for flag in ("padding", "powers_of_two"):
+        if getattr(args, flag) and impl == "ours":
+            cmd.append("--" + flag.replace("_", "-"))
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -164,6 +171,8 @@ def main() -> None:
                         help="comma-separated model names or folders")
     parser.add_argument("--peer", default=None,
                         help="a Python with torch and sentence-transformers (not this project's)")
+    parser.add_argument("--powers-of-two", action="store_true",
+                        help="also time buckets at the powers of two only (the old default)")
     parser.add_argument("--padding", action="store_true",
                         help="also time fixed-length padding (smallsample only)")
     parser.add_argument("--root", default=None, help="data folder (default $SMALLSAMPLE_DATA)")

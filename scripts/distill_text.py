@@ -12,14 +12,16 @@ For each data set (CLINC150's 150 in-scope intents, Banking77's 77), K and seed:
   teacher's logits over labelled + unlabelled texts, and the same student trained on the K labels
   alone;
 - accuracy on the whole test split, parameters, sentences/s (a warm pass over up to 2,000 test
-  texts, each model in turn in this process) and peak RSS of each training stage.
+  texts, each model in turn in this process; in the first cell of each data set only, since they
+  do not depend on the weights) and peak RSS of each training stage.
 
 Optionally (``--curve N1 N2 ...``) the L6 student is distilled on N unlabelled texts, same number
 of optimizer steps as with the whole pool, for the first data set, K and seed.
 
 Each (data set, K, seed) is appended to ``--out`` (JSON) as it finishes; a rerun skips those
 already there, so the script can be stopped and continued. ``--md`` gets the table (mean +- 95%
-CI over seeds). Teacher logits are cached under ``--cache-dir`` keyed by model and texts.
+CI over seeds). Teacher logits are cached under ``--cache-dir`` keyed by model and texts, and each
+fine-tuned teacher is kept there (``teachers/``), so a cell stopped midway restarts after it.
 
     SMALLSAMPLE_DATA=/work/shared/data python scripts/distill_text.py \\
         --datasets banking77 clinc150 --shots 10 5 --seeds 0 1 2
@@ -42,7 +44,15 @@ from smallsample.data.text import k_shot_indices, load_banking77, load_clinc150
 from smallsample.distill import text as dt
 from smallsample.evaluate import mean_ci95
 from smallsample.text import encode, load_sentence_encoder
-from smallsample.text.classifier import TextClassifier, num_params, predict_logits, truncate_encoder
+from smallsample.text.classifier import (
+    TextClassifier,
+    load_classifier,
+    num_params,
+    predict_logits,
+    read_meta,
+    save_classifier,
+    truncate_encoder,
+)
 
 LOADERS = {"clinc150": load_clinc150, "banking77": load_banking77}
 CACHE = Path.home() / ".cache" / "smallsample"
@@ -113,10 +123,22 @@ def run_cell(name, shots, seed, args, encoders, results):
 
     recipe = {"ce": dt.finetune_classifier,
               "pairs": dt.contrastive_finetune_classifier}[args.teacher_recipe]
-    teacher, secs, rss = stage(recipe, k_teacher, teacher_enc, texts, y,
-                               label_names=names, epochs=args.teacher_epochs,
-                               batch_size=args.teacher_batch, learning_rate=args.teacher_lr,
-                               accumulate=args.accumulate, progress=args.progress)
+    # The fine-tuned teacher is kept (about 440 MB) so that a cell stopped after it restarts
+    # from it; the folder name holds every setting the teacher depends on.
+    saved = args.cache_dir / "teachers" / (
+        f"{name}-K{shots}-seed{seed}-{args.teacher}-{args.teacher_recipe}-e{args.teacher_epochs}"
+        f"-b{args.teacher_batch}-lr{args.teacher_lr:g}-acc{args.accumulate}")
+    if (saved / "classifier.json").is_file():
+        teacher = load_classifier(saved)
+        secs, rss = (read_meta(saved)["info"][k] for k in ("train_seconds", "peak_rss_mb"))
+        print(f"  teacher loaded from {saved}", flush=True)
+    else:
+        teacher, secs, rss = stage(recipe, k_teacher, teacher_enc, texts, y,
+                                   label_names=names, epochs=args.teacher_epochs,
+                                   batch_size=args.teacher_batch, learning_rate=args.teacher_lr,
+                                   accumulate=args.accumulate, progress=args.progress)
+        save_classifier(teacher, saved, info={"train_seconds": secs, "peak_rss_mb": rss},
+                        overwrite=True)
     t_test = predict_logits(teacher, test_texts)
     cell["teacher"] = {"accuracy": float((t_test.argmax(-1) == test_y).mean()),
                        "train_seconds": secs, "peak_rss_mb": rss}
@@ -158,11 +180,14 @@ def run_cell(name, shots, seed, args, encoders, results):
                   f" {rss:.0f} MB)", flush=True)
     cell["params"] = {"teacher": num_params(teacher_enc.params),
                       **{s: num_params(e.params) for s, e in students.items()}}
-    probe = test_texts[:2000]
-    cell["sentences_per_second"] = {m: throughput(models[m], probe)
-                                    for m in ("teacher", "L6_distilled",
-                                              f"L{args.small_layers}_distilled")}
-    print(f"  sentences/s: {cell['sentences_per_second']}", flush=True)
+    # Sentences/s depend on the architecture and the texts, not on the weights: measured in the
+    # first cell of each data set only (about 6 minutes of this CPU saved per later cell).
+    if not any(c["dataset"] == name and "sentences_per_second" in c for c in results["cells"]):
+        probe = test_texts[:2000]
+        cell["sentences_per_second"] = {m: throughput(models[m], probe)
+                                        for m in ("teacher", "L6_distilled",
+                                                  f"L{args.small_layers}_distilled")}
+        print(f"  sentences/s: {cell['sentences_per_second']}", flush=True)
     if args.curve and not results.get("curve"):
         steps_full = args.student_epochs * -(-(len(texts) + len(unl)) // args.student_batch)
         curve = []
@@ -207,9 +232,11 @@ def table(results, small: int) -> str:
         rows.append(f"| {name} | {shots} | {len(cells)} | " + " | ".join(vals) + " |")
     last = results["cells"][-1]
     rows += ["", "Parameters: " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in
-                                            last["params"].items()),
-             "Sentences/s (test texts, this machine, last cell): " + ", ".join(
-                 f"{k} {v:.0f}" for k, v in last["sentences_per_second"].items())]
+                                            last["params"].items())]
+    for cell in results["cells"]:
+        if "sentences_per_second" in cell:
+            rows.append(f"Sentences/s ({cell['dataset']} test texts, this machine): " + ", ".join(
+                f"{k} {v:.0f}" for k, v in cell["sentences_per_second"].items()))
     if results.get("curve"):
         cv = results["curve"]
         rows += ["", f"Curve ({cv['dataset']}, K={cv['shots']}, seed {cv['seed']}, L6 distilled, "

@@ -233,9 +233,13 @@ def test_sha256_mismatch_names_the_file(tmp_path):
 
 
 def test_buckets_and_padding():
-    assert [bucket_length(n) for n in (1, 16, 17, 64, 65, 256)] == [16, 16, 32, 64, 128, 256]
-    with pytest.raises(ValueError, match="257"):
-        bucket_length(257)
+    lengths = (1, 8, 9, 12, 13, 17, 25, 33, 49, 64, 65, 97, 129, 193, 256, 257, 385, 512)
+    assert [bucket_length(n) for n in lengths] == [8, 8, 12, 12, 16, 24, 32, 48, 64, 64, 96, 128,
+                                                   192, 256, 256, 384, 512, 512]
+    # no more than a third of a padded batch is padding, beyond the smallest bucket
+    assert all(bucket_length(n) <= 1.5 * (n - 1) for n in range(9, 513))
+    with pytest.raises(ValueError, match="513"):
+        bucket_length(513)
     batch = pad_ids([[101, 5, 102], [101, 102]], buckets=(4, 8), rows=4)
     np.testing.assert_array_equal(batch.input_ids, [[101, 5, 102, 0], [101, 102, 0, 0],
                                                     [0, 0, 0, 0], [0, 0, 0, 0]])

@@ -89,7 +89,7 @@ def test_mpnet_matches_sentence_transformers(teacher, reference):
 def test_mpnet_tokens_match_reference_including_truncation(teacher, reference):
     record, _ = reference
     assert teacher.max_length == record["max_seq_length"] == 384
-    assert teacher.buckets == (16, 32, 64, 128, 256, 384)
+    assert teacher.buckets == (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384)
     assert teacher.pooling == "mean" and teacher.normalize
     ids = token_ids(teacher.tokenizer, record["sentences"])
     assert ids == record["token_ids"]
@@ -446,7 +446,7 @@ def test_folder_with_model_type_mpnet_loads_as_mpnet(tiny_folder):
     with pytest.raises(ValueError, match="does not match the expected"):
         load_sentence_encoder(tiny_folder)  # 'auto': all-mpnet-base-v2's hash
     enc = load_sentence_encoder(tiny_folder, sha256=None)
-    assert enc.config == TINY and enc.max_length == 12 and enc.buckets == (12,)
+    assert enc.config == TINY and enc.max_length == 12 and enc.buckets == (8, 12)
     assert enc.dim == 8 and (enc.pooling, enc.normalize) == ("mean", True)
     texts = ["book a flight to paris", "what is my balance", ""]
     got = encode(texts, encoder=enc, progress=False)
