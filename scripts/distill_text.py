@@ -19,9 +19,10 @@ Optionally (``--curve N1 N2 ...``) the L6 student is distilled on N unlabelled t
 of optimizer steps as with the whole pool, for the first data set, K and seed.
 
 Each (data set, K, seed) is appended to ``--out`` (JSON) as it finishes; a rerun skips those
-already there, so the script can be stopped and continued. ``--md`` gets the table (mean +- 95%
-CI over seeds). Teacher logits are cached under ``--cache-dir`` keyed by model and texts, and each
-fine-tuned teacher is kept there (``teachers/``), so a cell stopped midway restarts after it.
+already there, so the script can be stopped and continued. ``--md`` gets the table (mean +-
+Student-t 95% CI over seeds). Teacher logits are cached under ``--cache-dir`` keyed by model and
+texts, and each fine-tuned teacher is kept there (``teachers/``), so a cell stopped midway
+restarts after it.
 
     SMALLSAMPLE_DATA=/work/shared/data python scripts/distill_text.py \\
         --datasets banking77 clinc150 --shots 10 5 --seeds 0 1 2
@@ -42,7 +43,7 @@ import numpy as np
 from smallsample.bench.memory import peak_rss_mb, reset_peak_rss
 from smallsample.data.text import k_shot_indices, load_banking77, load_clinc150
 from smallsample.distill import text as dt
-from smallsample.evaluate import mean_ci95
+from smallsample.evaluate import mean_ci95_runs
 from smallsample.text import encode, load_sentence_encoder
 from smallsample.text.classifier import (
     TextClassifier,
@@ -226,10 +227,20 @@ def table(results, small: int) -> str:
         for m in MODELS:
             m = m.replace("LS", f"L{small}")
             accs = [c[m] if isinstance(c[m], float) else c[m]["accuracy"] for c in cells]
-            r = mean_ci95(accs)
+            r = mean_ci95_runs(accs) if len(accs) > 1 else None
             vals.append(f"{100 * r.mean:.2f} +- {100 * r.ci95:.2f}" if len(accs) > 1
                         else f"{100 * accs[0]:.2f}")
         rows.append(f"| {name} | {shots} | {len(cells)} | " + " | ".join(vals) + " |")
+    pairs = (("L6_distilled", "L6_alone"), (f"L{small}_distilled", f"L{small}_alone"),
+             ("teacher", "L6_distilled"))
+    rows += ["", "Paired over the same seeds (the same K labels), points, mean +- t 95% CI:"]
+    for (name, shots), cells in sorted(groups.items()):
+        if len(cells) > 1:
+            diffs = []
+            for a, b in pairs:
+                d = mean_ci95_runs([c[a]["accuracy"] - c[b]["accuracy"] for c in cells])
+                diffs.append(f"{a} - {b} {100 * d.mean:+.2f} +- {100 * d.ci95:.2f}")
+            rows.append(f"- {name}, K={shots}: " + "; ".join(diffs))
     last = results["cells"][-1]
     rows += ["", "Parameters: " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in
                                             last["params"].items())]

@@ -40,6 +40,26 @@ def mean_ci95(accuracies) -> Result:
     return Result(float(acc.mean()), float(1.96 * acc.std() / np.sqrt(acc.size)), acc)
 
 
+def mean_ci95_runs(values) -> Result:
+    """Mean and Student-t 95% confidence half-width (``t(0.975, n - 1) * s / sqrt(n)``, ``s`` the
+    sample standard deviation) of a few independent runs, e.g. one accuracy per seed.
+
+    :func:`mean_ci95`'s normal interval suits hundreds of episodes; over 3 seeds it is 2.7x too
+    narrow (1.96 with the population deviation against 4.30 with the sample one). Needs at least
+    two finite values (``ValueError`` otherwise).
+    """
+    from scipy import stats
+
+    acc = np.asarray(values, dtype=np.float64)
+    if acc.ndim != 1 or acc.size < 2:
+        raise ValueError(f"need a 1-D array of at least 2 runs, got shape {acc.shape}")
+    bad = np.flatnonzero(~np.isfinite(acc))
+    if bad.size:
+        raise ValueError(f"values must be finite; got {acc[bad][:5]} at indices {bad[:10]}")
+    t = stats.t.ppf(0.975, acc.size - 1)
+    return Result(float(acc.mean()), float(t * acc.std(ddof=1) / np.sqrt(acc.size)), acc)
+
+
 def check_learner_ways(learner: Learner, params: Any, support_x, support_y, query_x, *,
                        ways: int, where: str = "evaluate") -> None:
     """Raises a ``ValueError`` unless ``learner`` predicts ``[num_query, ways]`` logits.
