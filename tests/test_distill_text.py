@@ -103,10 +103,20 @@ def test_prototype_head_is_nearest_prototype(tiny):
     np.testing.assert_allclose(logits, want, atol=1e-5)
 
 
+def assert_params_intact(encoder, before):
+    """The caller's encoder is untouched by training (its steps update donated copies)."""
+    after = jax.tree.leaves(encoder.params)
+    assert not any(a.is_deleted() for a in after)
+    for a, b in zip(after, before, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), b)
+
+
 def test_finetune_lowers_the_loss_and_fits_the_labels(tiny):
+    before = [np.array(a) for a in jax.tree.leaves(tiny.params)]
     clf = dt.finetune_classifier(jax.random.key(0), tiny, TEXTS, LABELS, label_names=NAMES,
                                  epochs=30, batch_size=4, learning_rate=3e-3,
                                  head_learning_rate=3e-2, scale=10.0)
+    assert_params_intact(tiny, before)
     assert clf.labels == NAMES and clf.encoder.config == tiny.config
     assert dt.accuracy(clf, TEXTS, LABELS) == 1.0
     before = TextClassifier(tiny, dt.prototype_head(tiny, TEXTS, LABELS, num_classes=3), NAMES,
@@ -350,9 +360,11 @@ def test_fit_head_reaches_the_logistic_regression_optimum():
 
 
 def test_contrastive_finetune_fits_the_labels(tiny):
+    before = [np.array(a) for a in jax.tree.leaves(tiny.params)]
     clf = dt.contrastive_finetune_classifier(jax.random.key(0), tiny, TEXTS, LABELS,
                                              label_names=NAMES, epochs=40, batch_size=6,
                                              learning_rate=3e-3, scale=10.0)
+    assert_params_intact(tiny, before)
     assert dt.accuracy(clf, TEXTS, LABELS) == 1.0
     from smallsample.text import encode
 

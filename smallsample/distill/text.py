@@ -25,6 +25,7 @@ linear decay; the head has its own (larger) learning rate.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -179,7 +180,9 @@ def _train(key: jax.Array, encoder: SentenceEncoder, head: Any, scale: float,
     opt = _optimizer(max(1, steps // accumulate), learning_rate=learning_rate,
                      head_learning_rate=head_learning_rate, weight_decay=weight_decay,
                      warmup=warmup, accumulate=accumulate)
-    params = {"encoder": encoder.params, "head": head}
+    # copies, donated to each step below (the caller's encoder keeps its own arrays): a step
+    # then updates parameters and Adam state in place instead of holding old and new at once
+    params = jax.tree.map(jnp.array, {"encoder": encoder.params, "head": head})
     opt_state = opt.init(params)
     config, pooling, normalize = encoder.config, encoder.pooling, encoder.normalize
 
@@ -189,7 +192,7 @@ def _train(key: jax.Array, encoder: SentenceEncoder, head: Any, scale: float,
         s = head_logits(p["head"], z, scale=scale)
         return batch_loss(s, y, t, weight, alpha=alpha, temperature=temperature)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(p, state, input_ids, mask, y, t, weight):
         loss, grads = jax.value_and_grad(loss_fn)(p, input_ids, mask, y, t, weight)
         updates, state = opt.update(grads, state, p)
@@ -379,7 +382,7 @@ def contrastive_finetune_classifier(key: jax.Array, encoder: SentenceEncoder,
                                           normalize=normalize)
         return pair_cosine_loss(z, yb, weight)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(p, state, input_ids, mask, yb, weight):
         loss, grads = jax.value_and_grad(loss_fn)(p, input_ids, mask, yb, weight)
         updates, state = opt.update(grads, state, p)
@@ -387,7 +390,8 @@ def contrastive_finetune_classifier(key: jax.Array, encoder: SentenceEncoder,
 
     from tqdm.auto import tqdm
 
-    params, state = encoder.params, opt.init(encoder.params)
+    params = jax.tree.map(jnp.array, encoder.params)  # a copy: donated to each step
+    state = opt.init(params)
     losses = []
     for rows in tqdm(order, desc="pairs", unit="batch", disable=not progress):
         full = np.concatenate([rows, np.full(width - len(rows), rows[0])])
