@@ -177,6 +177,9 @@ def run_cell(name, shots, seed, args, encoders, results):
             cell[f"{sname}_{mode}"] = {"accuracy": acc, "agreement_with_teacher": agree,
                                        "train_seconds": secs, "peak_rss_mb": rss}
             models[f"{sname}_{mode}"] = clf
+            if args.keep_students:
+                save_classifier(clf, args.cache_dir / "students" / f"{saved.name}-{sname}_{mode}",
+                                info=cell[f"{sname}_{mode}"], overwrite=True)
             print(f"  {sname} {mode}: {acc:.4f} (agrees with teacher on {agree:.3f}; {secs:.0f} s,"
                   f" {rss:.0f} MB)", flush=True)
     cell["params"] = {"teacher": num_params(teacher_enc.params),
@@ -284,6 +287,9 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--accumulate", type=int, default=1)
+    p.add_argument("--keep-students", action="store_true",
+                   help="also save each student under CACHE_DIR/students (e.g. for "
+                        "scripts/oos_clinc.py)")
     p.add_argument("--curve", type=int, nargs="*", default=[])
     p.add_argument("--cache-dir", type=Path, default=CACHE)
     p.add_argument("--progress", action="store_true")
