@@ -230,9 +230,11 @@ def table(results, small: int) -> str:
         for m in MODELS:
             m = m.replace("LS", f"L{small}")
             accs = [c[m] if isinstance(c[m], float) else c[m]["accuracy"] for c in cells]
-            r = mean_ci95_runs(accs) if len(accs) > 1 else None
-            vals.append(f"{100 * r.mean:.2f} +- {100 * r.ci95:.2f}" if len(accs) > 1
-                        else f"{100 * accs[0]:.2f}")
+            if len(accs) > 1:
+                r = mean_ci95_runs(accs)
+                vals.append(f"{100 * r.mean:.2f} +- {100 * r.ci95:.2f}")
+            else:
+                vals.append(f"{100 * accs[0]:.2f}")
         rows.append(f"| {name} | {shots} | {len(cells)} | " + " | ".join(vals) + " |")
     pairs = (("L6_distilled", "L6_alone"), (f"L{small}_distilled", f"L{small}_alone"),
              ("teacher", "L6_distilled"))

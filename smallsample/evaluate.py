@@ -28,15 +28,21 @@ class Result(NamedTuple):
         return f"{100 * self.mean:.2f} +- {100 * self.ci95:.2f}% ({len(self.accuracies)} episodes)"
 
 
+def _finite_1d(values, name: str, need: str, min_size: int) -> np.ndarray:
+    """``values`` as float64, or a ``ValueError`` naming the shape or the non-finite entries."""
+    acc = np.asarray(values, dtype=np.float64)
+    if acc.ndim != 1 or acc.size < min_size:
+        raise ValueError(f"need {need}, got shape {acc.shape}")
+    bad = np.flatnonzero(~np.isfinite(acc))
+    if bad.size:
+        raise ValueError(f"{name} must be finite; got {acc[bad][:5]} at indices {bad[:10]}")
+    return acc
+
+
 def mean_ci95(accuracies) -> Result:
     """Mean and 95% confidence half-width (``1.96 * std / sqrt(n)``, population std as is
     customary in the few-shot literature) of per-episode accuracies (finite, else ValueError)."""
-    acc = np.asarray(accuracies, dtype=np.float64)
-    if acc.ndim != 1 or acc.size == 0:
-        raise ValueError(f"need a non-empty 1-D array of accuracies, got shape {acc.shape}")
-    bad = np.flatnonzero(~np.isfinite(acc))
-    if bad.size:
-        raise ValueError(f"accuracies must be finite; got {acc[bad][:5]} at indices {bad[:10]}")
+    acc = _finite_1d(accuracies, "accuracies", "a non-empty 1-D array of accuracies", 1)
     return Result(float(acc.mean()), float(1.96 * acc.std() / np.sqrt(acc.size)), acc)
 
 
@@ -50,12 +56,7 @@ def mean_ci95_runs(values) -> Result:
     """
     from scipy import stats
 
-    acc = np.asarray(values, dtype=np.float64)
-    if acc.ndim != 1 or acc.size < 2:
-        raise ValueError(f"need a 1-D array of at least 2 runs, got shape {acc.shape}")
-    bad = np.flatnonzero(~np.isfinite(acc))
-    if bad.size:
-        raise ValueError(f"values must be finite; got {acc[bad][:5]} at indices {bad[:10]}")
+    acc = _finite_1d(values, "values", "a 1-D array of at least 2 runs", 2)
     t = stats.t.ppf(0.975, acc.size - 1)
     return Result(float(acc.mean()), float(t * acc.std(ddof=1) / np.sqrt(acc.size)), acc)
 
