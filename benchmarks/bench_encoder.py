@@ -12,6 +12,9 @@ sentence-transformers, never this project's), on the model folder smallsample lo
 the model's own maximum length (256 and 384 tokens) and all cores. The summary gives each ratio
 and the largest difference between the two implementations' embeddings.
 
+``--buckets 8,10,12,...`` (repeatable) adds the same model with those bucket lengths, and
+``--buckets exact`` with every length one (each batch padded to its longest text, as
+sentence-transformers pads: one compilation per length, the lower bound on padding).
 ``--powers-of-two`` adds, for smallsample, the same jitted model with buckets at the powers of two
 only (16, 32, 64, ...: the default before 2026-12-07); ``--padding`` adds it with every batch
 padded to the model's maximum length and to 128 tokens (what a fixed-length tokenizer setting
@@ -78,6 +81,18 @@ def fixed_length(encoder, texts, *, batch_size, length):
     return np.concatenate([np.asarray(o) for o in out])[:len(texts)]
 
 
+def ladder_of(spec: str, max_length: int) -> tuple[int, ...]:
+    """Bucket lengths from ``--buckets``: comma-separated lengths, or ``exact`` (every length, so
+    each batch is padded to its longest text only, as sentence-transformers does); the model's
+    maximum length is always the last."""
+    if spec == "exact":
+        return tuple(range(1, max_length + 1))
+    lengths = sorted({int(b) for b in spec.split(",")})
+    if not lengths or lengths[0] < 1:
+        raise ValueError(f"--buckets {spec!r}: give positive lengths, comma-separated, or exact")
+    return tuple(b for b in lengths if b < max_length) + (max_length,)
+
+
 def worker_ours(args, texts) -> list[dict]:
     import jax
     import numpy as np
@@ -94,6 +109,10 @@ def worker_ours(args, texts) -> list[dict]:
         pow2_encoder = encoder._replace(buckets=pow2 + (encoder.max_length,))
         runs["powers-of-two"] = lambda: encode(texts, encoder=pow2_encoder,
                                                batch_size=args.batch_size, progress=False)
+    for spec in args.buckets or ():
+        ladder = ladder_of(spec, encoder.max_length)
+        runs[f"buckets {spec}"] = (lambda e=encoder._replace(buckets=ladder): encode(
+            texts, encoder=e, batch_size=args.batch_size, progress=False))
     if args.padding:
         for length in (encoder.max_length, 128):
             runs[f"fixed-{length}"] = (lambda n=length: fixed_length(
@@ -156,6 +175,9 @@ def spawn(python: str, impl: str, model: str, texts: Path, embeddings: Path, arg
     for flag in ("padding", "powers_of_two"):
         if getattr(args, flag) and impl == "ours":
             cmd.append("--" + flag.replace("_", "-"))
+    for spec in args.buckets or ():
+        if impl == "ours":
+            cmd += ["--buckets", spec]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -173,6 +195,9 @@ def main() -> None:
                         help="a Python with torch and sentence-transformers (not this project's)")
     parser.add_argument("--powers-of-two", action="store_true",
                         help="also time buckets at the powers of two only (the old default)")
+    parser.add_argument("--buckets", action="append", metavar="LENGTHS",
+                        help="also time these bucket lengths (comma-separated, or 'exact': "
+                             "each batch padded to its longest text); repeatable")
     parser.add_argument("--padding", action="store_true",
                         help="also time fixed-length padding (smallsample only)")
     parser.add_argument("--root", default=None, help="data folder (default $SMALLSAMPLE_DATA)")
