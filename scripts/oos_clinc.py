@@ -49,7 +49,9 @@ def evaluate(folder: Path, sets) -> dict:
     test_in, test_ok = scores("test")
     test_oos, _ = scores("oos_test")
     chosen = choose_threshold(val_in, val_ok, val_oos)
-    row = {"folder": str(folder), "in_scope_accuracy_no_threshold": float(test_ok.mean()),
+    home = str(Path.home())
+    shown = "~" + str(folder)[len(home):] if str(folder).startswith(home + "/") else str(folder)
+    row = {"folder": shown, "in_scope_accuracy_no_threshold": float(test_ok.mean()),
            "auroc": auroc(test_in, test_oos), "threshold_from_val": chosen}
     for name, t in (("val", chosen), ("0.5", 0.5), ("0.7", 0.7), ("0.9", 0.9)):
         m = oos_metrics(test_in, test_ok, test_oos, t)
