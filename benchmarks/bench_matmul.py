@@ -1,5 +1,9 @@
 """Where the encoder's CPU time goes: one transformer layer's matrix products alone, and the whole
-layer, in XLA (jax, as smallsample runs them) and in PyTorch (``--peer PYTHON``), side by side.
+layer, in XLA (jax) and in PyTorch (``--peer PYTHON``), side by side.
+
+The layer is written here with the ops of :class:`smallsample.models.transformer.TransformerLayer`
+(einsum attention, erf GELU, post-LayerNorm) but without its biases or MPNet's position bias, so
+that both implementations run the same arithmetic; PyTorch's attention is its fused kernel.
 
 The encoders spend most of their time in six matrix products per layer (query, key, value, output,
 the two feed-forward ones); if XLA's products are slower than PyTorch's by about what the whole
